@@ -1,0 +1,63 @@
+"""Fabric callbacks for what a user may switch off: the progress bar and checkpointing.
+
+The loop in fabric_train.py triggers them with `fabric.call(hook, ...)`; a callback that is not passed to
+`Fabric(callbacks=...)` is simply never called.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class ProgressBar:
+    """A tqdm bar per epoch on rank 0: loss, accuracy, LR and images/s."""
+
+    def __init__(self):
+        self.bar = None
+        self.last = 0.0
+
+    def on_train_epoch_start(self, fabric, epoch: int, epochs: int, steps: int):
+        if fabric.is_global_zero:
+            self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch", dynamic_ncols=True,
+                            leave=True)
+            self.last = time.perf_counter()
+
+    def on_train_batch_end(self, fabric, outputs: dict, batch, lr: float):
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        images_per_s = len(batch[1]) * fabric.world_size / (now - self.last)  # .item() below syncs a GPU first
+        self.last = now
+        self.bar.set_postfix(loss=f"{outputs['loss'].item():.3f}", acc=f"{outputs['acc'].item():.3f}",
+                             lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}", refresh=False)
+        self.bar.update(1)
+
+    def on_train_epoch_end(self, fabric, epoch: int, row: dict, state: dict):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_acc']:.4f}",
+                                 img_s=f"{row['images_per_s']:.0f}")
+            self.bar.close()
+            self.bar = None
+
+
+class Checkpoint:
+    """`checkpoints/last.ckpt` after every epoch, via fabric.save: written to a temporary name, then renamed,
+    so a run killed mid-write keeps its previous checkpoint."""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / "last.ckpt"
+
+    def on_train_epoch_end(self, fabric, epoch: int, row: dict, state: dict):
+        tmp = self.path.with_name("last.ckpt.tmp")
+        if fabric.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        fabric.barrier()
+        fabric.save(tmp, state)
+        fabric.barrier()
+        if fabric.is_global_zero:
+            os.replace(tmp, self.path)
+        fabric.barrier()

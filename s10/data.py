@@ -1,0 +1,219 @@
+"""CIFAR-10 as uint8 tensors on the training device, augmented a whole batch at a time.
+
+Two sources behind one interface, `load_dataset(source)`:
+- "cifar10": torchvision's CIFAR10 (downloads and verifies it when the network allows);
+- a class-folder root `ROOT/{train,test}/<class>/*.{png,jpg}` (the offline copy, most custom data sets).
+
+Images are decoded once, cached as safetensors next to the data (the second run starts in seconds), then kept on the
+device as one uint8 tensor. `augment` crops, flips and cuts out on the device, so training never waits on a CPU
+data loader and there is no per-sample Python work in the loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from s10.model import CIFAR10_CLASSES
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+CACHE_VERSION = 1
+
+
+class DataError(ValueError):
+    """A data source that cannot be used; the message says why, in one line."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, 3, 32, 32) uint8
+    labels: torch.Tensor  # (N,) int64
+    exact: torch.Tensor  # (N,) bool: lossless original pixels (all True except the offline copy's JPEG test images)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index) -> "Split":
+        return Split(self.images[index], self.labels[index], self.exact[index])
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device), self.exact.to(device))
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    classes: list[str]
+    source: str  # "cifar10" or the class-folder root
+
+
+# -- sources ---------------------------------------------------------------------------------------------------------
+
+
+def load_dataset(source: str, cache_dir: str | Path | None = None) -> Dataset:
+    """Load both splits from "cifar10" or a class-folder root, as uint8 CPU tensors."""
+    if source == "cifar10":
+        return _load_torchvision(Path(cache_dir or os.environ.get("S10_DATA", ".data")) / "torchvision")
+    return _load_folder(Path(source))
+
+
+def _load_torchvision(root: Path) -> Dataset:
+    from torchvision.datasets import CIFAR10
+
+    splits = {}
+    for name, train in (("train", True), ("test", False)):
+        try:
+            ds = CIFAR10(str(root), train=train, download=True)
+        except Exception as err:  # URLError, socket errors, integrity failures: one message
+            raise DataError(
+                f"--data cifar10: the data set is not cached under {root} and cannot be downloaded ({err}); "
+                "pass a class-folder root instead (see ../shared/data/README.md)"
+            ) from None
+        images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+        labels = torch.tensor(ds.targets, dtype=torch.int64)
+        splits[name] = Split(images, labels, torch.ones(len(labels), dtype=torch.bool))
+    return Dataset(splits["train"], splits["test"], list(CIFAR10_CLASSES), "cifar10")
+
+
+def _class_files(split_dir: Path) -> dict[str, list[Path]]:
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: missing; a class-folder root needs train/<class>/ and test/<class>/")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{split_dir}: no class folders")
+    files = {}
+    for c in classes:
+        files[c] = sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files[c]:
+            raise DataError(f"{split_dir / c}: no .png or .jpg images")
+    return files
+
+
+def _load_folder(root: Path) -> Dataset:
+    if not root.is_dir():
+        raise DataError(f"--data {root}: not a directory (give 'cifar10' or a class-folder root)")
+    train_files, test_files = _class_files(root / "train"), _class_files(root / "test")
+    if list(train_files) != list(test_files):
+        raise DataError(f"{root}: train and test class folders differ: {list(train_files)} vs {list(test_files)}")
+    classes = list(train_files)
+    splits = {name: _decode_cached(root, name, files, classes)
+              for name, files in (("train", train_files), ("test", test_files))}
+    return Dataset(splits["train"], splits["test"], classes, str(root))
+
+
+def _decode_cached(root: Path, split: str, files: dict[str, list[Path]], classes: list[str]) -> Split:
+    """Decode a split once; later runs read the safetensors cache keyed by the file list and sizes."""
+    from safetensors.torch import load_file, save_file
+
+    listing = [(str(p.relative_to(root)), p.stat().st_size) for c in classes for p in files[c]]
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, listing]).encode()).hexdigest()[:16]
+    cache = root / ".s10-cache" / f"{split}-{key}.safetensors"
+    if cache.is_file():
+        t = load_file(str(cache))
+        return Split(t["images"], t["labels"], t["exact"].bool())
+    images, labels, exact = [], [], []
+    for label, c in enumerate(classes):
+        for p in files[c]:
+            images.append(_decode(p))
+            labels.append(label)
+            # The offline copy marks lossless originals t*.png; every PNG elsewhere is lossless too.
+            exact.append(p.suffix.lower() == ".png")
+    split_data = Split(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+                       torch.tensor(labels, dtype=torch.int64), torch.tensor(exact, dtype=torch.bool))
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        save_file({"images": split_data.images, "labels": split_data.labels,
+                   "exact": split_data.exact.to(torch.uint8)}, str(tmp))
+        tmp.replace(cache)
+    except OSError:
+        pass  # a read-only data folder: decode again next time
+    return split_data
+
+
+def _decode(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (32, 32):
+                raise DataError(f"{path}: {im.size[0]}x{im.size[1]} pixels; the S10 net takes 32x32 images")
+            return np.asarray(im)
+    except (OSError, SyntaxError) as err:
+        raise DataError(f"{path}: not a readable image ({err})") from None
+
+
+# -- batches on the device -------------------------------------------------------------------------------------------
+
+
+def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
+    """One RNG stream per (seed, epoch): the same on every rank, and the same after a resume."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+def train_batches(split: Split, batch_size: int, rank: int, world_size: int, generator: torch.Generator):
+    """Yield (uint8 images, labels) for this rank: one shared shuffle cut into global batches of `batch_size`,
+    each rank taking its contiguous share. The last incomplete global batch is dropped (a fresh shuffle each epoch)."""
+    per_rank = batch_size // world_size
+    order = torch.randperm(len(split), generator=generator, device=generator.device)
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        index = order[start + rank * per_rank: start + (rank + 1) * per_rank]
+        yield split.images[index], split.labels[index]
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return n_train // batch_size
+
+
+def shard(n: int, rank: int, world_size: int) -> slice:
+    """This rank's contiguous share of n items, without padding (shares differ by at most one)."""
+    bounds = np.linspace(0, n, world_size + 1).round().astype(int)
+    return slice(int(bounds[rank]), int(bounds[rank + 1]))
+
+
+def test_batches(split: Split, batch_size: int):
+    for start in range(0, len(split), batch_size):
+        yield split.images[start:start + batch_size], split.labels[start:start + batch_size]
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32, normalised per channel."""
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
+def augment(images: torch.Tensor, mean, std, generator: torch.Generator, pad: int = 4, cutout: int = 8):
+    """The S10 augmentation for a whole uint8 batch (B, 3, H, W), on its own device:
+    random crop after reflect-padding by `pad`, horizontal flip with p=0.5, normalise, then CutOut: one
+    `cutout`x`cutout` square per image, centred anywhere in the image and clipped at its border, set to 0
+    (the mean colour after normalisation; DeVries & Taylor 2017)."""
+    b, _, h, w = images.shape
+    dev = images.device
+    padded = torch.nn.functional.pad(images, (pad,) * 4, mode="reflect") if pad else images
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B, 1, 1, W)
+    crops = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+                   rows, cols]
+    flip = torch.rand(b, device=dev, generator=generator) < 0.5
+    crops = torch.where(flip[:, None, None, None], crops.flip(-1), crops)
+    x = normalize(crops, mean, std)
+    if cutout:
+        cy = torch.randint(0, h, (b,), device=dev, generator=generator)
+        cx = torch.randint(0, w, (b,), device=dev, generator=generator)
+        ys, xs = torch.arange(h, device=dev), torch.arange(w, device=dev)
+        in_y = (ys >= (cy - cutout // 2)[:, None]) & (ys < (cy + cutout - cutout // 2)[:, None])  # (B, H)
+        in_x = (xs >= (cx - cutout // 2)[:, None]) & (xs < (cx + cutout - cutout // 2)[:, None])  # (B, W)
+        x = x.masked_fill((in_y[:, :, None] & in_x[:, None, :])[:, None], 0.0)
+    return x

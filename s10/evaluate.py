@@ -1,0 +1,121 @@
+"""Test-set evaluation: accuracy (plain and with flip TTA), per class, confusion matrix, the exact subset, and the
+misclassified pack. Used at the end of training, and alone to check a released model:
+
+    python -m s10.evaluate MODEL_DIR DATA_ROOT      # e.g. release/model .data/cifar10; prints results as JSON
+
+torchmetrics' functional API computes every figure, from the logits of the whole test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
+
+from s10.data import Split, normalize
+
+PACK_SIZE = 100  # misclassified images shipped with the model for the app's gallery
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 500,
+                   tta: bool = False) -> torch.Tensor:
+    """float32 logits for uint8 images (N, 3, H, W); with `tta`, the mean of the image's and its mirror's logits."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start:start + batch_size], mean, std).contiguous(memory_format=torch.channels_last)
+        logits = model(x).float()
+        if tta:
+            logits = (logits + model(x.flip(-1)).float()) / 2
+        out.append(logits)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def _acc(logits, labels, n):
+    return round(multiclass_accuracy(logits, labels, n, average="micro").item(), 6)
+
+
+def test_results(logits: torch.Tensor, logits_tta: torch.Tensor, split: Split, classes: list[str]) -> dict:
+    """Every figure of results.json, from the logits of the whole test split."""
+    n = len(classes)
+    labels, exact = split.labels.to(logits.device), split.exact.to(logits.device)
+    per_class = multiclass_accuracy(logits, labels, n, average=None)
+    results = {
+        "test_images": len(labels),
+        "test_acc": _acc(logits, labels, n),
+        "test_acc_tta": _acc(logits_tta, labels, n),
+        "per_class_acc": {c: round(a.item(), 6) for c, a in zip(classes, per_class)},
+        "confusion_matrix": multiclass_confusion_matrix(logits, labels, n).tolist(),  # rows: true, cols: predicted
+    }
+    if 0 < exact.sum() < len(exact):  # a test set mixing lossless and JPEG images (the offline copy)
+        results["exact_images"] = int(exact.sum())
+        results["exact_test_acc"] = _acc(logits[exact], labels[exact], n)
+        results["exact_test_acc_tta"] = _acc(logits_tta[exact], labels[exact], n)
+    return results
+
+
+def misclassified(logits: torch.Tensor, split: Split, k: int = PACK_SIZE) -> dict:
+    """The k most confidently wrong test images: uint8 pixels, true and predicted label, confidence."""
+    probs = logits.softmax(-1)
+    conf, pred = probs.max(-1)
+    labels = split.labels.to(logits.device)
+    wrong = (pred != labels).nonzero().flatten()
+    order = wrong[conf[wrong].argsort(descending=True, stable=True)][:k].cpu()
+    return {
+        "images": split.images[order].contiguous(),
+        "index": order,
+        "true": labels.cpu()[order],
+        "pred": pred.cpu()[order],
+        "confidence": conf.cpu()[order],
+    }
+
+
+def save_misclassified(pack: dict, classes: list[str], folder: Path) -> None:
+    """misclassified.safetensors (uint8 pixels) + misclassified.json (labels): no unpickling needed to read."""
+    save_file({"images": pack["images"]}, str(folder / "misclassified.safetensors"))
+    index = [
+        {"test_index": int(i), "true": classes[t], "pred": classes[p], "confidence": round(float(c), 4)}
+        for i, t, p, c in zip(pack["index"], pack["true"], pack["pred"], pack["confidence"])
+    ]
+    (folder / "misclassified.json").write_text(json.dumps(index, indent=1) + "\n")
+
+
+def load_misclassified(folder: str | Path) -> tuple[torch.Tensor, list[dict]]:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    images = load_file(str(folder / "misclassified.safetensors"))["images"]
+    return images, json.loads((folder / "misclassified.json").read_text())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m s10.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", help="a model folder (model.safetensors + config.json) or a Hub repo id")
+    parser.add_argument("data", help="'cifar10' or a class-folder root, e.g. .data/cifar10")
+    args = parser.parse_args(argv)
+    from s10.data import DataError, load_dataset
+    from s10.model import S10Net
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    try:
+        model = S10Net.from_pretrained(args.model_dir).to(memory_format=torch.channels_last)
+        data = load_dataset(args.data)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cfg = model.config
+    logits = predict_logits(model, data.test.images, cfg.mean, cfg.std)
+    logits_tta = predict_logits(model, data.test.images, cfg.mean, cfg.std, tta=True)
+    results = test_results(logits, logits_tta, data.test, cfg.class_names)
+    results.pop("confusion_matrix")
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The S10 training logic as a LightningModule: loss, metrics and the One Cycle recipe.
+
+The Fabric loop in fabric_train.py calls these hooks; the module never touches devices or data loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from s10.model import S10Config, S10Net
+
+
+@dataclass
+class Recipe:
+    """The run settings of the S10 recipe (the architecture lives in S10Config)."""
+
+    epochs: int = 24  # length of the One Cycle schedule, epochs
+    batch_size: int = 512  # global batch, images per optimizer step (split across devices)
+    max_lr: float = 4e-3  # One Cycle peak LR, used when --find-lr is off (see README: "Default peak LR")
+    pct_start: float = 5 / 24  # fraction of the run at which the LR peaks (epoch 5 of 24)
+    div_factor: float = 100.0  # start LR = max_lr / div_factor
+    final_div_factor: float = 100.0  # final LR = start LR / final_div_factor
+    weight_decay: float = 1e-4  # Adam's L2 penalty, per step
+    label_smoothing: float = 0.1  # cross-entropy label smoothing (Szegedy et al. 2016)
+    seed: int = 0  # seeds weights, shuffling and augmentation
+
+
+class S10Module(L.LightningModule):
+    def __init__(self, arch: S10Config | None = None, recipe: Recipe | None = None, steps_per_epoch: int = 1):
+        super().__init__()
+        self.recipe = recipe or Recipe()
+        self.steps_per_epoch = steps_per_epoch
+        self.model = S10Net(arch)
+        n = self.model.config.num_classes
+        # Synced across ranks on compute(): each image is counted once, whatever the world size.
+        self.train_loss, self.train_acc = MeanMetric(), MulticlassAccuracy(n, average="micro")
+        self.test_loss, self.test_acc = MeanMetric(), MulticlassAccuracy(n, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _loss(self, logits, labels):
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.recipe.label_smoothing)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y)
+        self.train_loss.update(loss.detach(), weight=len(y))
+        self.train_acc.update(logits.detach(), y)
+        return {"loss": loss, "acc": (logits.detach().argmax(-1) == y).float().mean()}
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.test_loss.update(F.cross_entropy(logits.float(), y), weight=len(y))
+        self.test_acc.update(logits, y)
+        return logits
+
+    def on_train_epoch_start(self):
+        self.train_loss.reset()
+        self.train_acc.reset()
+
+    def on_validation_epoch_start(self):
+        self.test_loss.reset()
+        self.test_acc.reset()
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Train and test loss/accuracy of the epoch, synced over all ranks. The test loss is plain
+        cross-entropy (no smoothing), so it is comparable across recipes."""
+        return {
+            "train_loss": self.train_loss.compute().item(),
+            "train_acc": self.train_acc.compute().item(),
+            "test_loss": self.test_loss.compute().item(),
+            "test_acc": self.test_acc.compute().item(),
+        }
+
+    def configure_optimizers(self):
+        r = self.recipe
+        optimizer = torch.optim.Adam(self.parameters(), lr=r.max_lr / r.div_factor, weight_decay=r.weight_decay)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=r.max_lr, epochs=r.epochs, steps_per_epoch=self.steps_per_epoch,
+            pct_start=r.pct_start, div_factor=r.div_factor, final_div_factor=r.final_div_factor,
+            three_phase=False, anneal_strategy="linear",
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def recipe_dict(self) -> dict:
+        return asdict(self.recipe)

@@ -1,0 +1,94 @@
+"""The run's figures: training curves, LR range test, confusion matrix, misclassified images.
+
+Matplotlib with the Agg backend, fixed sizes and DPI; the 32x32 images are upscaled with nearest-neighbour so
+they stay sharp. Metadata is stripped so the same inputs give the same PNG bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PNG_META = {"Software": None}  # no matplotlib version stamp: identical bytes run to run
+
+
+def _save(fig, path):
+    fig.savefig(path, dpi=100, metadata=PNG_META)
+    plt.close(fig)
+
+
+def curves(rows: list[dict], path: str | Path) -> None:
+    """Loss, accuracy and LR per epoch (rows as in metrics.csv)."""
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
+    ax = axes[0]
+    ax.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train (with label smoothing)")
+    ax.plot(epochs, [float(r["test_loss"]) for r in rows], "s-", label="test")
+    ax.set(title="Cross-entropy loss", xlabel="epoch", ylabel="loss (nats)")
+    ax.legend()
+    ax = axes[1]
+    ax.plot(epochs, [100 * float(r["train_acc"]) for r in rows], "o-", label="train (augmented)")
+    ax.plot(epochs, [100 * float(r["test_acc"]) for r in rows], "s-", label="test")
+    ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    ax.legend()
+    ax = axes[2]
+    ax.plot(epochs, [float(r["lr"]) for r in rows], "o-", color="tab:green")
+    ax.set(title="Learning rate (One Cycle, at the end of each epoch)", xlabel="epoch", ylabel="LR")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def lr_finder(result, path: str | Path, rule: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    ax.plot(result.lrs, result.losses, color="0.75", lw=1, label="loss per step")
+    ax.plot(result.lrs, result.smoothed, color="tab:blue", lw=2, label="smoothed loss")
+    ax.axvline(result.suggestion, color="tab:red", ls="--", label=f"suggested peak LR {result.suggestion:.2e}")
+    ax.set_xscale("log")
+    finite = [s for s in result.smoothed if s == s]
+    if finite:
+        ax.set_ylim(min(finite) * 0.9, min(max(finite), 4 * min(finite)) * 1.1)
+    ax.set(title=f"LR range test ({len(result.lrs)} steps)\nsuggestion: {rule}", xlabel="learning rate (log scale)",
+           ylabel="training loss")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    _save(fig, path)
+
+
+def confusion_matrix(matrix: list[list[int]], classes: list[str], path: str | Path) -> None:
+    import numpy as np
+
+    m = np.array(matrix)
+    fig, ax = plt.subplots(figsize=(8, 7), layout="constrained")
+    im = ax.imshow(m, cmap="Blues")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(title=f"Confusion matrix ({m.sum()} test images)", xlabel="predicted class", ylabel="true class")
+    fig.colorbar(im, ax=ax, label="images")
+    _save(fig, path)
+
+
+def misclassified_grid(images, captions: list[str], path: str | Path, columns: int = 5) -> None:
+    """A grid of uint8 (N, 3, H, W) images, each captioned (e.g. "true: cat / pred: dog (0.93)")."""
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), layout="constrained", squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, cap in zip(axes.flat, images, captions):
+        ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(cap, fontsize=11)
+    fig.suptitle(f"{n} misclassified test images (the most confident mistakes)", fontsize=13)
+    _save(fig, path)
+
+
+def caption(true: str, pred: str, confidence: float) -> str:
+    return f"true: {true} / pred: {pred} ({confidence:.2f})"
