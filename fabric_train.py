@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -224,7 +225,8 @@ def main(argv=None) -> int:
     except DataError as err:
         raise UsageError(str(err)) from None
 
-    fabric.launch()
+    if not os.environ.get("LT_CLI_USED"):  # `fabric run` has started the processes already
+        fabric.launch()
     rank, world = fabric.global_rank, fabric.world_size
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)

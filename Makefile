@@ -1,0 +1,64 @@
+# s10: `make test` is the one test command; it builds .venv and installs everything it needs first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared
+DATA := .data/cifar10
+RUN ?= runs/s10
+RELEASE := release
+
+.PHONY: help install test test-fast data train resume demo bench report publish publish-dry-run clean browser
+
+help:
+	@echo "make install | test | data | train | resume | demo | bench | report | publish-dry-run | publish"
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian's Chromium for the browser test (Playwright's own browser download does not work offline).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+# The offline CIFAR-10 copy (../shared/data); with internet, --data cifar10 downloads it instead.
+$(DATA):
+	mkdir -p .data && tar -xzf $(SHARED)/data/cifar10-imagefolder.tar.gz -C .data/
+data: $(DATA)
+
+test: install browser data
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not browser"
+
+train: install data
+	$(PY) fabric_train.py --data $(DATA) --out $(RUN) --find-lr
+
+resume: install data
+	$(PY) fabric_train.py --data $(DATA) --out $(RUN) --find-lr --resume
+
+report: install
+	$(PY) -m s10.report $(RELEASE)/run --readme README.md
+
+demo: install
+	$(PY) space/app.py
+
+bench: install data
+	$(PY) bench/train_throughput.py --data $(DATA)
+	$(PY) bench/app_latency.py
+
+publish-dry-run: install
+	$(PY) -m hub.push $(RELEASE)/run --dry-run build/model-repo
+	$(PY) -m hub.space --dry-run build/space-repo
+
+publish: install
+	$(PY) -m hub.push $(RELEASE)/run
+	$(PY) -m hub.space
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,132 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from s10.data import DataError, Split, augment, epoch_generator, load_dataset, shard, train_batches
+
+IDENTITY = ([0.0] * 3, [1 / 255] * 3)  # normalisation that leaves pixel values as they are
+
+
+def batch(n=256, seed=0):
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_augment_shape_dtype_and_device():
+    x = augment(batch(8), [0.5] * 3, [0.25] * 3, epoch_generator(0, 1, "cpu"))
+    assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32
+
+
+def test_crops_are_translations_of_the_padded_image_and_flips_about_half():
+    images = batch(256)
+    out = augment(images, *IDENTITY, epoch_generator(0, 1, "cpu"), cutout=0)
+    padded = torch.nn.functional.pad(images, (4,) * 4, mode="reflect").float()
+    flipped = 0
+    for img, pad in zip(out, padded):
+        windows = [pad[:, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        plain = any(torch.equal(img, w) for w in windows)
+        mirror = any(torch.equal(img, w.flip(-1)) for w in windows)
+        assert plain or mirror, "an output is not a crop of the padded image"
+        flipped += mirror and not plain
+    assert 90 < flipped < 166  # Binomial(256, 0.5): mean 128, sd 8; the bounds are ~4.7 sd out
+
+
+def test_cutout_blanks_exactly_one_clipped_8x8_patch_per_image():
+    images = torch.full((512, 3, 32, 32), 255, dtype=torch.uint8)
+    out = augment(images, *IDENTITY, epoch_generator(0, 1, "cpu"))  # crops/flips of a flat image stay flat
+    seen_clipped = False
+    for img in out:
+        zero = img == 0
+        assert torch.equal(zero[0], zero[1]) and torch.equal(zero[1], zero[2])  # all channels
+        ys, xs = zero[0].nonzero(as_tuple=True)
+        assert len(ys) > 0
+        h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+        assert len(ys) == h * w, "the blanked pixels are not one rectangle"
+        # 8 wide unless the patch was clipped by the image border.
+        assert h == 8 or ys.min() == 0 or ys.max() == 31
+        assert w == 8 or xs.min() == 0 or xs.max() == 31
+        assert h <= 8 and w <= 8 and h >= 4 and w >= 4
+        seen_clipped |= bool(h < 8 or w < 8)
+        assert torch.all(img[~zero] == 255)
+    assert seen_clipped
+
+
+def test_train_batches_are_disjoint_shares_of_one_shuffle():
+    split = Split(batch(103), torch.arange(103), torch.ones(103, dtype=torch.bool))
+    shares = []
+    for rank in range(2):
+        g = epoch_generator(3, 1, "cpu")
+        shares.append(torch.cat([labels for _, labels in train_batches(split, 20, rank, 2, g)]))
+    assert len(shares[0]) == len(shares[1]) == 50  # 5 global batches of 20, the last 3 images dropped
+    assert not set(shares[0].tolist()) & set(shares[1].tolist())
+
+
+def test_test_shards_cover_without_padding():
+    parts = [shard(21, r, 2) for r in range(2)]
+    assert [p.stop - p.start for p in parts] == [10, 11] or [p.stop - p.start for p in parts] == [11, 10]
+    assert parts[0].start == 0 and parts[0].stop == parts[1].start and parts[1].stop == 21
+
+
+def test_class_folder_tree_decodes_and_caches(tiny_data):
+    ds = load_dataset(str(tiny_data))
+    assert ds.classes == ["cat", "dog", "ship"]
+    assert ds.train.images.shape == (72, 3, 32, 32) and ds.train.images.dtype == torch.uint8
+    assert ds.test.labels.tolist() == [0] * 7 + [1] * 7 + [2] * 7
+    assert list((tiny_data / ".s10-cache").glob("train-*.safetensors"))
+    again = load_dataset(str(tiny_data))
+    assert torch.equal(again.train.images, ds.train.images)
+
+
+def test_bad_trees(tmp_path):
+    from tests.conftest import make_tree
+
+    with pytest.raises(DataError, match="not a directory"):
+        load_dataset(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="missing"):
+        load_dataset(str(tmp_path / "empty"))
+    make_tree(tmp_path / "differ", n_train=2, n_test=1)
+    (tmp_path / "differ" / "test" / "ship").rename(tmp_path / "differ" / "test" / "boat")
+    with pytest.raises(DataError, match="class folders differ"):
+        load_dataset(str(tmp_path / "differ"))
+    make_tree(tmp_path / "broken", n_train=2, n_test=1)
+    (tmp_path / "broken" / "train" / "cat" / "000.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="not a readable image"):
+        load_dataset(str(tmp_path / "broken"))
+
+
+def test_torchvision_source_with_a_fake_download(tmp_path, monkeypatch):
+    """torchvision's CIFAR10 reads a tiny fake of its pickled batches; its download and integrity check are
+    replaced so nothing touches the network."""
+    from torchvision.datasets import CIFAR10
+
+    folder = tmp_path / "torchvision" / CIFAR10.base_folder
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, _ in CIFAR10.train_list + CIFAR10.test_list:
+        data = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [0, 1, 2, 9]}, f)
+    with open(folder / CIFAR10.meta["filename"], "wb") as f:
+        pickle.dump({"label_names": ["c%d" % i for i in range(10)]}, f)
+    import torchvision.datasets.cifar as cifar
+
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: True)
+    monkeypatch.setattr(CIFAR10, "download", lambda self: None)
+    ds = load_dataset("cifar10", cache_dir=tmp_path)
+    assert ds.train.images.shape == (20, 3, 32, 32) and ds.test.images.shape == (4, 3, 32, 32)
+    assert ds.classes[0] == "airplane" and ds.test.labels.tolist() == [0, 1, 2, 9]
+    assert bool(ds.test.exact.all())
+
+
+def test_torchvision_source_offline_is_a_clear_error(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    def no_network(self):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(CIFAR10, "download", no_network)
+    with pytest.raises(DataError, match="cannot be downloaded"):
+        load_dataset("cifar10", cache_dir=tmp_path)

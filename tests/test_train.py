@@ -1,0 +1,157 @@
+"""The real entry point, fabric_train.py, run as a user would: smoke runs on a tiny tree, 1 and 2 processes."""
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from s10.data import load_dataset
+from s10.evaluate import predict_logits
+from s10.model import S10Net
+from tests.conftest import CIFAR, ok, run_train
+
+RUN_FILES = ["config.json", "metrics.csv", "train.log", "checkpoints/last.ckpt", "model/model.safetensors",
+             "model/config.json"]
+SMOKE = ["--smoke", "--batch-size", 16, "--epochs", 2, "--no-progress-bar"]
+
+
+def metrics(run):
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def recount(run, data_root) -> float:
+    """Test accuracy by an independent forward pass over the whole test set, from the saved model/ folder."""
+    model = S10Net.from_pretrained(run / "model")
+    test = load_dataset(str(data_root)).test
+    logits = predict_logits(model, test.images, model.config.mean, model.config.std)
+    return (logits.argmax(-1) == test.labels).float().mean().item()
+
+
+def test_smoke_run_writes_the_run_folder(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    proc = ok(run_train("--data", tiny_data, "--out", run, "--smoke", "--batch-size", 16, "--epochs", 2))
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    rows = metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for col in ["lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]:
+        assert float(rows[-1][col]) >= 0, col
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["train_images"] == 48 and config["data"]["test_images"] == 21
+    assert config["recipe"]["batch_size"] == 16 and config["versions"]["torch"] == torch.__version__
+    assert "git_commit" in config
+    assert "epoch  2/2" in (run / "train.log").read_text()
+    assert "batch/s" in proc.stderr  # the tqdm bar
+    # A second run into the same folder is refused.
+    again = run_train("--data", tiny_data, "--out", run, *SMOKE)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_switched_off_callbacks_are_not_called(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    proc = ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--no-checkpoint"))
+    assert not (run / "checkpoints").exists()
+    assert "batch/s" not in proc.stderr
+    assert (run / "model" / "model.safetensors").is_file()
+
+
+def test_bf16_mixed_on_cpu(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--precision", "bf16-mixed", "--no-checkpoint"))
+    assert json.loads((run / "config.json").read_text())["args"]["precision"] == "bf16-mixed"
+    assert len(metrics(run)) == 2
+
+
+@pytest.mark.parametrize("launcher", ["python", "fabric run"])
+def test_two_processes_count_every_test_image_once(tiny_data, tmp_path, launcher):
+    run = tmp_path / "run"
+    if launcher == "python":
+        proc = run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", run, *SMOKE)
+    else:
+        fabric = [str(Path(sys.executable).parent / "fabric"), "run", "--accelerator", "cpu", "--devices", "2"]
+        proc = run_train("--data", tiny_data, "--out", run, *SMOKE, launcher=fabric)
+    ok(proc)
+    config = json.loads((run / "config.json").read_text())
+    assert config["world_size"] == 2 and config["data"]["test_images"] == 21  # odd: 10 + 11 per rank
+    exact = recount(run, tiny_data)
+    assert float(metrics(run)[-1]["test_acc"]) == pytest.approx(exact, abs=1e-6)
+    assert json.loads((run / "results.json").read_text())["test_acc"] == pytest.approx(exact, abs=1e-6)
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    ok(run_train("--data", tiny_data, "--out", full, *SMOKE))
+    ok(run_train("--data", tiny_data, "--out", parts, *SMOKE, "--stop-after-epoch", 1))
+    assert [int(r["epoch"]) for r in metrics(parts)] == [1]
+    assert not (parts / "model").exists()
+    ok(run_train("--data", tiny_data, "--out", parts, *SMOKE, "--resume"))
+    assert [int(r["epoch"]) for r in metrics(parts)] == [1, 2]
+    a, b = load_file(full / "model" / "model.safetensors"), load_file(parts / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+    assert "resumed" in (parts / "train.log").read_text()
+
+
+def test_resume_drops_metrics_rows_past_the_checkpoint(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--stop-after-epoch", 1))
+    # A run killed after logging epoch 2 but before its checkpoint was renamed into place.
+    with open(run / "metrics.csv", "a") as f:
+        f.write(f"2,{','.join(['0.5'] * 8)}\n")
+    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--resume"))
+    assert [int(r["epoch"]) for r in metrics(run)] == [1, 2]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "{tmp}/missing"], "not a directory"),
+    (["--data", "{tmp}"], "missing"),
+    (["--data", "{differ}"], "class folders differ"),
+    (["--data", "{tiny}", "--bogus"], "unrecognized arguments"),
+    (["--data", "{tiny}", "--precision", "fp8"], "invalid choice"),
+    (["--data", "{tiny}", "--devices", "two"], "--devices"),
+    (["--data", "{tiny}", "--batch-size", "0"], "--batch-size"),
+    (["--data", "{tiny}", "--batch-size", "x"], "invalid int value"),
+    (["--data", "{tiny}", "--accelerator", "cpu", "--devices", "2", "--batch-size", "15"], "not divisible"),
+    (["--data", "{tiny}", "--resume"], "no checkpoint"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_data, tmp_path, args, message):
+    from tests.conftest import make_tree
+
+    differ = make_tree(tmp_path / "differ", n_train=2, n_test=1)
+    shutil.move(differ / "test" / "ship", differ / "test" / "boat")
+    args = [a.format(tmp=tmp_path, tiny=tiny_data, differ=differ) for a in args]
+    proc = run_train(*args, "--out", tmp_path / "run", "--smoke", "--no-progress-bar", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_cifar10_without_network_or_cache(tmp_path, monkeypatch, capsys):
+    import fabric_train
+    from torchvision.datasets import CIFAR10
+
+    def no_network(self):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(CIFAR10, "download", no_network)
+    monkeypatch.setenv("S10_DATA", str(tmp_path))
+    assert fabric_train.cli(["--data", "cifar10", "--out", str(tmp_path / "run"), "--smoke"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be downloaded" in err[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR.is_dir(), reason="needs the offline CIFAR-10 copy: make data")
+def test_two_epochs_on_5000_real_images_learn(tmp_path):
+    run = tmp_path / "run"
+    ok(run_train("--data", CIFAR, "--out", run, "--epochs", 2, "--batch-size", 128, "--train-limit", 5000,
+                 "--test-limit", 2000, "--max-lr", 4e-3, "--no-progress-bar", "--no-checkpoint", timeout=900))
+    acc = float(metrics(run)[-1]["test_acc"])
+    assert acc >= 0.40, acc
