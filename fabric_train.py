@@ -128,8 +128,9 @@ def run_provenance(args, data) -> dict:
     import torchvision
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        commit = git.stdout.strip() if git.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {
@@ -137,12 +138,22 @@ def run_provenance(args, data) -> dict:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "lightning": lightning.__version__,
                      "torchmetrics": torchmetrics.__version__},
-        "hardware": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+        "hardware": {"platform": platform.platform(), "cpu": cpu_name(),
                      "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                      "cpu_threads": torch.get_num_threads()},
         "data": {"source": data.source, "classes": data.classes, "train_images": len(data.train),
                  "test_images": len(data.test), "exact_test_images": int(data.test.exact.sum())},
     }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def setup_logging(out: Path, rank_zero: bool) -> None:
@@ -298,11 +309,13 @@ def main(argv=None) -> int:
     for row in rows:  # CSVLogger starts a fresh metrics.csv: replay the kept rows into it
         fabric.log_dict(row, step=row["epoch"])
     if fabric.is_global_zero:
-        config = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                  "recipe": asdict(recipe), "arch": asdict(arch), "world_size": world, "steps_per_epoch": steps,
-                  **run_provenance(args, data)}
-        if args.resume:
-            config["resumed_from_epoch"] = start_epoch
+        flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        config = {"args": flags, "recipe": asdict(recipe), "arch": asdict(arch), "world_size": world,
+                  "steps_per_epoch": steps, **run_provenance(args, data)}
+        if args.resume:  # keep the run's original flags and provenance; record each resume beside them
+            config = saved
+            config.setdefault("resumes", []).append({"from_epoch": start_epoch, "args": flags, "world_size": world,
+                                                     **run_provenance(args, data)})
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if not args.resume:
             log.info(f"S10 on {data.source}: {len(data.train)} train / {len(data.test)} test images, "

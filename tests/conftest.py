@@ -11,14 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT / ".data" / "cifar10"  # `make data` unpacks the offline copy here
 
 
-def make_tree(root: Path, classes=("cat", "dog", "ship"), n_train=24, n_test=7, seed=0) -> Path:
-    """A tiny class-folder tree with learnable classes: each class has its own mean colour plus noise."""
+def make_tree(root: Path, classes=("cat", "dog", "ship"), n_train=24, n_test=7, seed=0, learnable=True) -> Path:
+    """A tiny class-folder tree. Learnable: each class has its own mean colour plus noise; else pure noise."""
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("test", n_test)):
         for k, c in enumerate(classes):
             (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                base = np.zeros((32, 32, 3)) + 60 + 70 * k
+                base = np.zeros((32, 32, 3)) + (60 + 70 * k if learnable else rng.integers(40, 200))
                 img = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(root / split / c / f"{i:03d}.png")
     return root

@@ -1,0 +1,138 @@
+"""LR range test, end-of-run evaluation, the run's files and the README report."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from s10 import plots
+from s10.data import load_dataset
+from s10.evaluate import load_misclassified, predict_logits
+from s10.lr_finder import lr_range_test
+from s10.model import S10Net
+from tests.conftest import make_tree, ok, run_train
+
+
+def least_squares(n=512, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = x @ torch.randn(d, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g)
+    return x, y
+
+
+def test_lr_range_test_finds_the_stable_region_and_restores_the_model():
+    """Full-batch gradient descent on least squares diverges for LR > 2 / (largest Hessian eigenvalue):
+    a known critical LR. The suggestion must sit below it, within two decades."""
+    x, y = least_squares()
+    critical = 2 / torch.linalg.eigvalsh(2 * x.T @ x / len(x)).max().item()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.123, momentum=0.0)
+    result = lr_range_test(lambda b: torch.nn.functional.mse_loss(model(b[0]), b[1]), model, optimizer,
+                           [(x, y)], start_lr=1e-5, end_lr=100, num_steps=120)
+    assert result.diverged_at is not None and critical < result.diverged_at < 10 * critical
+    assert critical / 100 < result.suggestion < critical
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert optimizer.param_groups[0]["lr"] == 0.123 and not optimizer.state
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_lr_range_test_restores_adam_state():
+    x, y = least_squares()
+    model = torch.nn.Linear(8, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    optimizer.step()  # an optimizer with state, as mid-training
+    state = {k: v.clone() for k, v in optimizer.state_dict()["state"][0].items() if torch.is_tensor(v)}
+    lr_range_test(lambda b: torch.nn.functional.mse_loss(model(b[0]), b[1]), model, optimizer, [(x, y)],
+                  num_steps=20)
+    for k, v in optimizer.state_dict()["state"][0].items():
+        if torch.is_tensor(v):
+            assert torch.equal(v, state[k]), k
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A smoke run with --find-lr on a noise data set (many mistakes to show)."""
+    root = tmp_path_factory.mktemp("report")
+    data = make_tree(root / "data", n_train=24, n_test=9, learnable=False)  # 27 test images, all used
+    run = root / "run"
+    ok(run_train("--data", data, "--out", run, "--smoke", "--batch-size", 16, "--epochs", 2, "--find-lr",
+                 "--lr-find-steps", 12, "--no-progress-bar"))
+    return run, data
+
+
+def test_find_lr_run_writes_every_file(finished_run):
+    run, _ = finished_run
+    for name in ["config.json", "metrics.csv", "train.log", "checkpoints/last.ckpt", "curves.png",
+                 "misclassified.png", "confusion_matrix.png", "per_class.csv", "results.json", "lr_finder.csv",
+                 "lr_finder.png", "model/model.safetensors", "model/config.json", "model/misclassified.json",
+                 "model/misclassified.safetensors"]:
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    with open(run / "lr_finder.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) >= 5
+    config = json.loads((run / "config.json").read_text())
+    assert "LR range test" in (run / "train.log").read_text()
+    assert config["recipe"]["max_lr"] != 4e-3  # the suggestion replaced the default
+    assert (run / "model" / "misclassified.safetensors").stat().st_size < 1_000_000
+
+
+def test_results_recomputed_from_the_saved_model(finished_run):
+    run, data = finished_run
+    results = json.loads((run / "results.json").read_text())
+    model = S10Net.from_pretrained(run / "model")
+    test = load_dataset(str(data)).test
+    for tta, key in ((False, "test_acc"), (True, "test_acc_tta")):
+        pred = predict_logits(model, test.images, model.config.mean, model.config.std, tta=tta).argmax(-1)
+        assert results[key] == pytest.approx((pred == test.labels).float().mean().item(), abs=1e-6)
+    pred = predict_logits(model, test.images, model.config.mean, model.config.std).argmax(-1)
+    for k, name in enumerate(model.config.class_names):
+        own = (pred[test.labels == k] == k).float().mean().item()
+        assert results["per_class_acc"][name] == pytest.approx(own, abs=1e-6)
+    assert sum(map(sum, results["confusion_matrix"])) == len(test)
+    assert model.config.results["test_acc"] == results["test_acc"]
+
+
+def test_misclassified_pack_and_grid(finished_run):
+    run, data = finished_run
+    images, index = load_misclassified(run / "model")
+    assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32) and len(images) == len(index) >= 10
+    test = load_dataset(str(data)).test
+    confidences = [e["confidence"] for e in index]
+    assert confidences == sorted(confidences, reverse=True)
+    for img, entry in zip(images, index):
+        assert torch.equal(img, test.images[entry["test_index"]])
+        assert entry["true"] != entry["pred"]
+    # The grid in the run folder is exactly these 10 images with these captions (deterministic PNG bytes).
+    captions = [plots.caption(e["true"], e["pred"], e["confidence"]) for e in index[:10]]
+    again = run / "grid-again.png"
+    plots.misclassified_grid(images[:10], captions, again)
+    assert again.read_bytes() == (run / "misclassified.png").read_bytes()
+
+
+def test_grid_draws_ten_captioned_images(monkeypatch, tmp_path):
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    images = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
+    captions = [plots.caption("cat", "dog", 0.5 + i / 100) for i in range(10)]
+    plots.misclassified_grid(images, captions, tmp_path / "x.png")
+    titled = [ax.get_title() for ax in figures[0].axes if ax.images]
+    assert titled == captions and captions[0] == "true: cat / pred: dog (0.50)"
+
+
+def test_report_is_deterministic_and_rewrites_the_readme(finished_run, tmp_path):
+    from s10.report import END, START, main
+
+    run, _ = finished_run
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{START}\nold\n{END}\n\nfooter\n")
+    assert main([str(run), "--readme", str(readme)]) == 0
+    first = readme.read_bytes()
+    assert main([str(run), "--readme", str(readme)]) == 0
+    assert readme.read_bytes() == first
+    text = first.decode()
+    assert "old" not in text and text.endswith("footer\n") and "| 2 |" in text and "misclassified.png" in text
+    assert main([str(tmp_path / "nothing")]) == 2
