@@ -85,14 +85,6 @@ def save_misclassified(pack: dict, classes: list[str], folder: Path) -> None:
     (folder / "misclassified.json").write_text(json.dumps(index, indent=1) + "\n")
 
 
-def load_misclassified(folder: str | Path) -> tuple[torch.Tensor, list[dict]]:
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    images = load_file(str(folder / "misclassified.safetensors"))["images"]
-    return images, json.loads((folder / "misclassified.json").read_text())
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m s10.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", help="a model folder (model.safetensors + config.json) or a Hub repo id")

@@ -8,7 +8,8 @@ import torch
 
 from s10 import plots
 from s10.data import load_dataset
-from s10.evaluate import load_misclassified, predict_logits
+from s10.evaluate import predict_logits
+from s10.inference import load_misclassified
 from s10.lr_finder import lr_range_test
 from s10.model import S10Net
 from tests.conftest import make_tree, ok, run_train

@@ -1,0 +1,65 @@
+"""The project's names, kept in one place: project.json at the repository root.
+
+Environment variables override it (S10_HF_USER, S10_MODEL_REPO, S10_SPACE_REPO, S10_GITHUB_URL), so
+`make publish S10_HF_USER=me` style overrides work without editing files. An empty github_url means
+`git remote get-url origin`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Settings:
+    hf_user: str  # Hugging Face user or organisation that owns the repos
+    model_repo: str  # model repo id, "user/name"
+    space_repo: str  # Space repo id, "user/name"
+    github_url: str  # the training code's home, https://github.com/...
+
+    @property
+    def model_url(self) -> str:
+        return f"https://huggingface.co/{self.model_repo}"
+
+    @property
+    def space_url(self) -> str:
+        return f"https://huggingface.co/spaces/{self.space_repo}"
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "model_url": self.model_url, "space_url": self.space_url}
+
+
+def git_remote_url(root: Path = ROOT) -> str | None:
+    try:
+        proc = subprocess.run(["git", "remote", "get-url", "origin"], capture_output=True, text=True, cwd=root,
+                              timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    url = proc.stdout.strip()
+    if proc.returncode or not url:
+        return None
+    if url.startswith("git@github.com:"):  # ssh remote -> the page a reader can open
+        url = "https://github.com/" + url.split(":", 1)[1]
+    return url.removesuffix(".git")
+
+
+def load(path: Path = ROOT / "project.json") -> Settings:
+    data = json.loads(path.read_text())
+    user = os.environ.get("S10_HF_USER") or data["hf_user"]
+    if os.environ.get("S10_HF_USER"):  # a new owner: the repo names follow unless set too
+        data["model_repo"] = f"{user}/{data['model_repo'].split('/', 1)[1]}"
+        data["space_repo"] = f"{user}/{data['space_repo'].split('/', 1)[1]}"
+    github = (os.environ.get("S10_GITHUB_URL") or data.get("github_url") or git_remote_url()
+              or f"https://github.com/{user}/s10")
+    return Settings(
+        hf_user=user,
+        model_repo=os.environ.get("S10_MODEL_REPO") or data["model_repo"],
+        space_repo=os.environ.get("S10_SPACE_REPO") or data["space_repo"],
+        github_url=github,
+    )
