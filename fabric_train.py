@@ -367,11 +367,14 @@ def main(argv=None) -> int:
     logits_tta = gather_uneven(fabric, predict_logits(net, test.images, mean, std, per_rank, tta=True))
     if fabric.is_global_zero:
         write_results(out, rows, data, net, logits, logits_tta, recipe)
-        if args.push_to_hub:
-            from hub.push import push_run
-
-            push_run(out, args.push_to_hub)
     fabric.barrier()
+    if args.push_to_hub and fabric.is_global_zero:
+        from hub.push import PushError, push_run
+
+        try:
+            log.info(push_run(out, args.push_to_hub))
+        except PushError as err:
+            raise UsageError(f"{err} (the run is complete in {out}; retry with python -m hub.push {out})") from None
     return 0
 
 

@@ -22,10 +22,11 @@ class ImageError(ValueError):
     """An upload that cannot become an S10 input; the message is meant for the user."""
 
 
-def load_image(source, target_size: int = 32) -> Image.Image:
+def load_image(source, target_size: int = 32, notes: list[str] | None = None) -> Image.Image:
     """Open a file path, bytes or PIL image the way a user expects: first frame of an animation, EXIF orientation
     applied, transparency composited on white, 16-bit and CMYK converted, result RGB. JPEGs are decoded at a
-    reduced scale (libjpeg's DCT scaling) when far larger than needed, which makes 12-MP uploads cheap."""
+    reduced scale (libjpeg's DCT scaling) when far larger than needed, which makes 12-MP uploads cheap.
+    What the user should know but is not an error (an animation cut to its first frame) goes into `notes`."""
     if source is None:
         raise ImageError("no image: upload one or pick an example")
     try:
@@ -49,7 +50,9 @@ def load_image(source, target_size: int = 32) -> Image.Image:
             raise ImageError(f"the image is {w}x{h} pixels; it needs at least {MIN_SIDE} on each side")
         if im.format == "JPEG" and min(w, h) >= 8 * target_size:
             im.draft("RGB", (max(target_size * 4, w // 8), max(target_size * 4, h // 8)))
-        im.seek(0)  # animated GIF/WebP/PNG: the first frame
+        if getattr(im, "n_frames", 1) > 1 and notes is not None:
+            notes.append(f"animated image ({im.n_frames} frames): classifying its first frame")
+        im.seek(0)
         im = ImageOps.exif_transpose(im)
         return to_rgb(im)
     except ImageError:

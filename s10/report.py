@@ -21,22 +21,14 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
 
-def render(run: Path, relative_to: Path | None = None) -> str:
-    run = Path(run)
-    config = json.loads((run / "config.json").read_text())
-    results = json.loads((run / "results.json").read_text())
-    with open(run / "metrics.csv", newline="") as f:
-        rows = sorted(csv.DictReader(f), key=lambda r: int(r["epoch"]))
-    link = os.path.relpath(run, relative_to or run).replace(os.sep, "/")
-    img = (lambda name: f"{link}/{name}") if link != "." else (lambda name: name)
+def recipe_lines(config: dict, results: dict) -> list[str]:
+    """The recipe, data, hardware and time of a run, as Markdown bullets (README and model card)."""
     r, hw, data = config["recipe"], config["hardware"], config["data"]
     device = hw["gpu"] or f"CPU ({hw['cpu']}, {hw['cpu_threads']} threads)"
     world = config.get("world_size", 1)
-    lines = [
-        "### Recipe and hardware",
-        "",
-        f"- Data: `{Path(data['source']).name}`: {data['train_images']:,} training images, {data['test_images']:,} test images "
-        f"({data['exact_test_images']:,} of them lossless originals).",
+    return [
+        f"- Data: `{Path(data['source']).name}`: {data['train_images']:,} training images, {data['test_images']:,} "
+        f"test images ({data['exact_test_images']:,} of them lossless originals).",
         f"- {r['epochs']} epochs, batch {r['batch_size']}, Adam (L2 {r['weight_decay']:g}), cross-entropy with label "
         f"smoothing {r['label_smoothing']:g}; One Cycle: start {r['max_lr'] / r['div_factor']:.2e}, peak "
         f"{r['max_lr']:.2e} at {r['pct_start'] * r['epochs']:.3g} epochs, linear, two phases, end "
@@ -49,9 +41,11 @@ def render(run: Path, relative_to: Path | None = None) -> str:
         f"`{(config.get('git_commit') or 'unknown')[:10]}`.",
         f"- Training time: {results['train_time_s'] / 60:.1f} min (sum of the epochs' training loops; test passes "
         f"and pauses not included).",
-        "",
-        "### Results",
-        "",
+    ]
+
+
+def results_table(results: dict) -> list[str]:
+    lines = [
         "| test set | images | accuracy | with flip TTA |",
         "|---|---:|---:|---:|",
         f"| all test images | {results['test_images']:,} | {pct(results['test_acc'])} | "
@@ -60,6 +54,19 @@ def render(run: Path, relative_to: Path | None = None) -> str:
     if "exact_test_acc" in results:
         lines.append(f"| lossless originals (`t*.png`) | {results['exact_images']:,} | "
                      f"{pct(results['exact_test_acc'])} | {pct(results['exact_test_acc_tta'])} |")
+    return lines
+
+
+def render(run: Path, relative_to: Path | None = None) -> str:
+    run = Path(run)
+    config = json.loads((run / "config.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    with open(run / "metrics.csv", newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: int(r["epoch"]))
+    link = os.path.relpath(run, relative_to or run).replace(os.sep, "/")
+    img = (lambda name: f"{link}/{name}") if link != "." else (lambda name: name)
+    lines = ["### Recipe and hardware", "", *recipe_lines(config, results), "", "### Results", "",
+             *results_table(results)]
     lines += [
         "",
         "Per class (all test images): " + ", ".join(f"{c} {pct(a)}" for c, a in results["per_class_acc"].items()) + ".",

@@ -102,7 +102,10 @@ def predict(image, k: int = 3) -> dict[str, float]:
     """Top-k class probabilities of an uploaded image, most likely first."""
     try:
         k = check_top_k(k)
-        x = to_input(load_image(image), CONFIG.mean, CONFIG.std, CONFIG.input_size)
+        notes = []
+        x = to_input(load_image(image, notes=notes), CONFIG.mean, CONFIG.std, CONFIG.input_size)
+        for note in notes:
+            gr.Warning(note)
     except ImageError as err:
         raise gr.Error(str(err)) from None
     return dict(top_k(probabilities(MODEL, x), CLASSES, k))
@@ -116,7 +119,10 @@ def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: st
         k = check_top_k(k)
         if layer not in CONFIG.cam_layers:
             raise ImageError(f"unknown layer {layer!r}; choose one of {', '.join(CONFIG.cam_layers)}")
-        picture = load_image(image)
+        notes = []
+        picture = load_image(image, notes=notes)
+        for note in notes:
+            gr.Warning(note)
         x = to_input(picture, CONFIG.mean, CONFIG.std, CONFIG.input_size)
     except ImageError as err:
         raise gr.Error(str(err)) from None

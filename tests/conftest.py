@@ -40,3 +40,75 @@ def run_train(*args, timeout=300, launcher=None, env=None) -> subprocess.Complet
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
+
+
+CIFAR_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """A finished smoke run with CIFAR-10's class names (untrained: its predictions mean nothing, its files are
+    real): what publishing and the app are tested with."""
+    root = tmp_path_factory.mktemp("smoke")
+    data = make_tree(root / "data", classes=CIFAR_NAMES, n_train=4, n_test=3, learnable=False)
+    run = root / "run"
+    ok(run_train("--data", data, "--out", run, "--smoke", "--batch-size", 16, "--epochs", 1, "--no-progress-bar",
+                 "--no-checkpoint"))
+    return run
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class App:
+    """A real app server in a subprocess, its output collected."""
+
+    def __init__(self, script: Path, env: dict, cwd: Path, pythonpath: str | None = None, timeout: float = 120):
+        import threading
+        import time
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_PORT": str(self.port),
+                    "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **env}
+        if pythonpath is not None:
+            full_env["PYTHONPATH"] = pythonpath
+        self.proc = subprocess.Popen([sys.executable, str(script)], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        ready = threading.Event()
+
+        def read():
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if "Running on local URL" in line:
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.time() + timeout
+        while not ready.is_set() and self.proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        if not ready.is_set():
+            self.stop()
+            raise AssertionError("app did not start:\n" + "".join(self.lines)[-4000:])
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def client(self):
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
