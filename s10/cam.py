@@ -2,10 +2,11 @@
 
 Each call makes its own torchcam extractor (hooks on the named layer), runs one forward and one backward for all the
 requested classes at once (the image repeated once per class), and removes the hooks. A lock serialises this hooked
-section: hooks are registered on the one shared model, so two extractors at once would record each other's
-activations. The trade-off: CAMs queue for the lock (about 40 ms each at the first stage here), while everything
-else in a request (decoding, resizing, overlays) runs concurrently; a per-request model copy would avoid the lock
-but cost 26 MB and a copy per request, and on a 2-vCPU Space two CAMs in parallel are not faster than in turn.
+section: the hooks sit on the model itself, so any other forward pass through it meanwhile (a second CAM, or a plain
+prediction) would be recorded too. Hence the app gives CAMs a model copy of their own (26 MB), so predictions never
+wait for a CAM. The trade-off: CAMs queue for the lock (about 40 ms each at the first stage here), while everything
+else in a request (decoding, resizing, overlays) runs concurrently; a copy per request would avoid the queue but cost
+26 MB and a copy each time, and on a 2-vCPU Space two CAMs in parallel are not faster than in turn.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 def grad_cams(model: torch.nn.Module, x: torch.Tensor, layer: str, class_idx: list[int]) -> np.ndarray:
     """GradCAMs of `x` (1, 3, H, W) for each class in `class_idx`, at `layer`: float32 (len(class_idx), H, W),
-    upsampled to the input size, each in [0, 1]."""
+    upsampled to the input size, each in [0, 1]. `model` must not run other forward passes concurrently."""
     if not class_idx:
         return np.zeros((0, *x.shape[-2:]), dtype=np.float32)
     batch = x.float().expand(len(class_idx), -1, -1, -1).clone().requires_grad_(True)

@@ -11,6 +11,7 @@ the page but starts no server; the port comes from GRADIO_SERVER_PORT as usual.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -84,6 +85,7 @@ try:
 except StartupError as err:
     sys.exit(f"s10 app: {err}")
 freeze(MODEL)
+CAM_MODEL = copy.deepcopy(MODEL)  # CAM hooks must not see the predictions' forward passes (s10/cam.py)
 CONFIG = MODEL.config
 CLASSES = CONFIG.class_names
 try:
@@ -107,7 +109,7 @@ def predict(image, k: int = 3) -> dict[str, float]:
         for note in notes:
             gr.Warning(note)
     except ImageError as err:
-        raise gr.Error(str(err)) from None
+        raise gr.Error(str(err), print_exception=False) from None
     return dict(top_k(probabilities(MODEL, x), CLASSES, k))
 
 
@@ -125,7 +127,7 @@ def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: st
             gr.Warning(note)
         x = to_input(picture, CONFIG.mean, CONFIG.std, CONFIG.input_size)
     except ImageError as err:
-        raise gr.Error(str(err)) from None
+        raise gr.Error(str(err), print_exception=False) from None
     probs = probabilities(MODEL, x)
     ranked = top_k(probs, CLASSES, k)
     if not show_cam:
@@ -136,7 +138,7 @@ def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: st
         log.info("cam request start (in flight: %d)", _in_flight)
     try:
         index = probs.topk(n).indices.tolist()
-        cams = grad_cams(MODEL, x, layer, index)
+        cams = grad_cams(CAM_MODEL, x, layer, index)
         shown = picture.resize((224, 224), box=_square(picture), resample=3)
         gallery = [(overlay(shown, cam, opacity), f"{CLASSES[i]} ({probs[i]:.2f})") for i, cam in zip(index, cams)]
     finally:
@@ -156,9 +158,9 @@ def misclassified(count: int = 10, with_cam: bool = False, layer: str = DEFAULT_
     from PIL import Image
 
     if not PACK:
-        raise gr.Error("this model folder has no misclassified pack")
+        raise gr.Error("this model folder has no misclassified pack", print_exception=False)
     if layer not in CONFIG.cam_layers:
-        raise gr.Error(f"unknown layer {layer!r}")
+        raise gr.Error(f"unknown layer {layer!r}", print_exception=False)
     count = max(1, min(int(count), len(PACK)))
     gallery = []
     for img, entry in zip(PACK_IMAGES[:count], PACK[:count]):
@@ -166,7 +168,7 @@ def misclassified(count: int = 10, with_cam: bool = False, layer: str = DEFAULT_
         caption = f"true: {entry['true']} / pred: {entry['pred']} ({entry['confidence']:.2f})"
         if with_cam:
             x = to_input(picture, CONFIG.mean, CONFIG.std, CONFIG.input_size)
-            cam = grad_cams(MODEL, x, layer, [CLASSES.index(entry["pred"])])[0]
+            cam = grad_cams(CAM_MODEL, x, layer, [CLASSES.index(entry["pred"])])[0]
             shown = overlay(picture, cam, opacity)
         else:
             shown = picture.resize((224, 224), Image.Resampling.NEAREST)
@@ -174,19 +176,22 @@ def misclassified(count: int = 10, with_cam: bool = False, layer: str = DEFAULT_
     return gallery
 
 
-class ImageUpload(gr.Image):
-    """gr.Image whose unreadable uploads become a message rather than a server error. `is_template` makes the
-    page draw it with the stock Image component."""
+def readable_upload(component: gr.Image) -> gr.Image:
+    """Make an unreadable upload a message instead of a server error: gr.Image opens the file with PIL before our
+    function runs. (Wrapping the instance, not subclassing: a gr.Image subclass makes gradio write a .pyi stub.)"""
+    preprocess = component.preprocess
 
-    is_template = True
-
-    def preprocess(self, payload):
+    def checked(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except gr.Error:
             raise
         except Exception:
-            raise gr.Error("not an image file that can be read (PNG, JPEG, WebP, GIF, BMP or TIFF)") from None
+            raise gr.Error("not an image file that can be read (PNG, JPEG, WebP, GIF, BMP or TIFF)",
+                           print_exception=False) from None
+
+    component.preprocess = checked
+    return component
 
 
 # -- the page --------------------------------------------------------------------------------------------------------
@@ -210,7 +215,7 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with GradCAM") as demo:
     )
     with gr.Row():
         with gr.Column():
-            image = ImageUpload(type="filepath", label="Image", height=280)
+            image = readable_upload(gr.Image(type="filepath", label="Image", height=280))
             k = gr.Slider(1, MAX_TOP_K, value=3, step=1, label="Top-k classes")
             run = gr.Button("Classify", variant="primary")
         with gr.Column():
