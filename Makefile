@@ -43,7 +43,7 @@ resume: install data
 	$(PY) fabric_train.py --data $(DATA) --out $(RUN) --find-lr --resume
 
 report: install
-	$(PY) -m s10.report $(RELEASE)/run --readme README.md
+	$(PY) -m s10.report $(RELEASE) --readme README.md
 
 demo: install
 	$(PY) space/app.py
@@ -53,11 +53,11 @@ bench: install data
 	$(PY) bench/app_latency.py
 
 publish-dry-run: install
-	$(PY) -m hub.push $(RELEASE)/run --dry-run build/model-repo
+	$(PY) -m hub.push $(RELEASE) --dry-run build/model-repo
 	$(PY) -m hub.space --dry-run build/space-repo
 
 publish: install
-	$(PY) -m hub.push $(RELEASE)/run
+	$(PY) -m hub.push $(RELEASE)
 	$(PY) -m hub.space
 
 clean:

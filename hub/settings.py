@@ -1,8 +1,8 @@
 """The project's names, kept in one place: project.json at the repository root.
 
 Environment variables override it (S10_HF_USER, S10_MODEL_REPO, S10_SPACE_REPO, S10_GITHUB_URL), so
-`make publish S10_HF_USER=me` style overrides work without editing files. An empty github_url means
-`git remote get-url origin`.
+`make publish S10_HF_USER=me` style overrides work without editing files. The GitHub URL is, in order:
+S10_GITHUB_URL, `git remote get-url origin`, project.json's github_url.
 """
 
 from __future__ import annotations
@@ -55,8 +55,7 @@ def load(path: Path = ROOT / "project.json") -> Settings:
     if os.environ.get("S10_HF_USER"):  # a new owner: the repo names follow unless set too
         data["model_repo"] = f"{user}/{data['model_repo'].split('/', 1)[1]}"
         data["space_repo"] = f"{user}/{data['space_repo'].split('/', 1)[1]}"
-    github = (os.environ.get("S10_GITHUB_URL") or data.get("github_url") or git_remote_url()
-              or f"https://github.com/{user}/s10")
+    github = os.environ.get("S10_GITHUB_URL") or git_remote_url() or data["github_url"]
     return Settings(
         hf_user=user,
         model_repo=os.environ.get("S10_MODEL_REPO") or data["model_repo"],

@@ -187,9 +187,9 @@ def test_batches(split: Split, batch_size: int):
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32, normalised per channel."""
-    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
-    return (images.float() - mean) / std
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    return images.float().mul_(1 / (255 * std)).sub_(mean / std)  # in place: ~10x faster than out of place on CPU
 
 
 def augment(images: torch.Tensor, mean, std, generator: torch.Generator, pad: int = 4, cutout: int = 8):
@@ -197,23 +197,22 @@ def augment(images: torch.Tensor, mean, std, generator: torch.Generator, pad: in
     random crop after reflect-padding by `pad`, horizontal flip with p=0.5, normalise, then CutOut: one
     `cutout`x`cutout` square per image, centred anywhere in the image and clipped at its border, set to 0
     (the mean colour after normalisation; DeVries & Taylor 2017)."""
-    b, _, h, w = images.shape
+    b, c, h, w = images.shape
     dev = images.device
     padded = torch.nn.functional.pad(images, (pad,) * 4, mode="reflect") if pad else images
     dy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
-    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B, 1, 1, W)
-    crops = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
-                   rows, cols]
     flip = torch.rand(b, device=dev, generator=generator) < 0.5
-    crops = torch.where(flip[:, None, None, None], crops.flip(-1), crops)
-    x = normalize(crops, mean, std)
+    # Crop and flip as two gathers (rows, then columns; a flipped crop reads its columns in reverse): much
+    # cheaper than 4-D advanced indexing, and no full-size flipped copy.
+    ar_h, ar_w = torch.arange(h, device=dev), torch.arange(w, device=dev)
+    rows = (dy[:, None] + ar_h).view(b, 1, h, 1).expand(b, c, h, padded.shape[-1])
+    cols = (torch.where(flip[:, None], w - 1 - ar_w, ar_w) + dx[:, None]).view(b, 1, 1, w).expand(b, c, h, w)
+    x = normalize(padded.gather(2, rows).gather(3, cols), mean, std)
     if cutout:
         cy = torch.randint(0, h, (b,), device=dev, generator=generator)
         cx = torch.randint(0, w, (b,), device=dev, generator=generator)
-        ys, xs = torch.arange(h, device=dev), torch.arange(w, device=dev)
-        in_y = (ys >= (cy - cutout // 2)[:, None]) & (ys < (cy + cutout - cutout // 2)[:, None])  # (B, H)
-        in_x = (xs >= (cx - cutout // 2)[:, None]) & (xs < (cx + cutout - cutout // 2)[:, None])  # (B, W)
-        x = x.masked_fill((in_y[:, :, None] & in_x[:, None, :])[:, None], 0.0)
+        in_y = (ar_h >= (cy - cutout // 2)[:, None]) & (ar_h < (cy + cutout - cutout // 2)[:, None])  # (B, H)
+        in_x = (ar_w >= (cx - cutout // 2)[:, None]) & (ar_w < (cx + cutout - cutout // 2)[:, None])  # (B, W)
+        x.masked_fill_((in_y[:, :, None] & in_x[:, None, :])[:, None], 0.0)
     return x

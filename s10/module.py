@@ -22,7 +22,7 @@ class Recipe:
 
     epochs: int = 24  # length of the One Cycle schedule, epochs
     batch_size: int = 512  # global batch, images per optimizer step (split across devices)
-    max_lr: float = 4e-3  # One Cycle peak LR, used when --find-lr is off (see README: "Default peak LR")
+    max_lr: float = 2.3e-3  # One Cycle peak LR without --find-lr: the LR range test's suggestion on CIFAR-10, batch 512
     pct_start: float = 5 / 24  # fraction of the run at which the LR peaks (epoch 5 of 24)
     div_factor: float = 100.0  # start LR = max_lr / div_factor
     final_div_factor: float = 100.0  # final LR = start LR / final_div_factor

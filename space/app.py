@@ -226,14 +226,16 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with GradCAM") as demo:
             n_cams = gr.Slider(1, MAX_TOP_K, value=3, step=1, label="CAM images (one per top class, at most k)")
             layer = gr.Dropdown(CONFIG.cam_layers, value=DEFAULT_LAYER, label="Layer")
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="CAM opacity")
-        cam_gallery = gr.Gallery(label="GradCAM", columns=5, height="auto", visible=False, format="png")
+        cam_gallery = gr.Gallery(label="GradCAM", columns=5, height="auto", visible=False, format="png",
+                                 elem_id="cam-gallery")
     with gr.Group():
         show_mis = gr.Checkbox(value=False, label="Show misclassified test images")
         with gr.Row(visible=False) as mis_controls:
             mis_count = gr.Slider(1, max(1, len(PACK)), value=min(10, max(1, len(PACK))), step=1,
                                   label="How many")
             mis_cam = gr.Checkbox(value=False, label="Overlay GradCAM (layer and opacity above)")
-        mis_gallery = gr.Gallery(label="Misclassified", columns=5, height="auto", visible=False, format="png")
+        mis_gallery = gr.Gallery(label="Misclassified", columns=5, height="auto", visible=False, format="png",
+                                 elem_id="misclassified-gallery")
     gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Examples (CIFAR-10 test images, one per class)",
                 examples_per_page=10)
 

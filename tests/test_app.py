@@ -18,7 +18,7 @@ from PIL import Image
 from s10.cam import freeze, grad_cams
 from s10.inference import ImageError, load_image, to_input, top_k
 from s10.model import CIFAR10_MEAN, CIFAR10_STD, S10Net
-from tests.conftest import ROOT, App
+from tests.conftest import CIFAR_NAMES, ROOT, App
 
 EXAMPLES = sorted((ROOT / "space" / "examples").glob("*.png"))
 
@@ -312,14 +312,27 @@ def test_browser_click_example_and_see_gradcam(server, tmp_path):
             "--disable-sync", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.goto(server.url, wait_until="networkidle")
+        page.locator("img[src*='cat.png']").first.click()  # an example: fills the image and runs a prediction
         page.get_by_text("Show GradCAM").click()
-        page.locator(".gallery-item, [data-testid='example'], button.gallery-item, table.table button, "
-                     "div.paginate ~ * img, .examples img").first.click()
-        page.get_by_label("GradCAM").locator("img").first.wait_for(timeout=60_000)
-        label_text = page.get_by_test_id("label-output-value").inner_text(timeout=60_000)
+        cams = page.locator("#cam-gallery img")
+        cams.nth(2).wait_for(timeout=90_000)  # 3 CAM images by default
+        label_text = page.get_by_test_id("label-output-value").inner_text(timeout=90_000)
+        n_cams = cams.count()
         shot = tmp_path / "app.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
-    assert label_text.strip()
-    assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+    assert n_cams == 3
+    assert label_text.strip() in CIFAR_NAMES
+    assert shot.stat().st_size > 10_000
+
+
+def test_predict_command(smoke_run, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"text")
+    proc = subprocess.run([sys.executable, "-m", "s10.predict", str(EXAMPLES[0]), str(bad), "--top-k", "4",
+                           "--model", str(smoke_run / "model")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    line = proc.stdout.strip().splitlines()
+    assert len(line) == 1 and line[0].startswith(str(EXAMPLES[0])) and line[0].count(",") == 3
+    assert "not an image" in proc.stderr and "Traceback" not in proc.stderr

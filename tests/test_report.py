@@ -12,6 +12,7 @@ from s10.evaluate import predict_logits
 from s10.inference import load_misclassified
 from s10.lr_finder import lr_range_test
 from s10.model import S10Net
+from s10.module import Recipe
 from tests.conftest import make_tree, ok, run_train
 
 
@@ -77,7 +78,7 @@ def test_find_lr_run_writes_every_file(finished_run):
         assert len(list(csv.DictReader(f))) >= 5
     config = json.loads((run / "config.json").read_text())
     assert "LR range test" in (run / "train.log").read_text()
-    assert config["recipe"]["max_lr"] != 4e-3  # the suggestion replaced the default
+    assert config["recipe"]["max_lr"] != Recipe().max_lr  # the suggestion replaced the default
     assert (run / "model" / "misclassified.safetensors").stat().st_size < 1_000_000
 
 

@@ -152,6 +152,6 @@ def test_cifar10_without_network_or_cache(tmp_path, monkeypatch, capsys):
 def test_two_epochs_on_5000_real_images_learn(tmp_path):
     run = tmp_path / "run"
     ok(run_train("--data", CIFAR, "--out", run, "--epochs", 2, "--batch-size", 128, "--train-limit", 5000,
-                 "--test-limit", 2000, "--max-lr", 4e-3, "--no-progress-bar", "--no-checkpoint", timeout=900))
+                 "--test-limit", 2000, "--no-progress-bar", "--no-checkpoint", timeout=900))
     acc = float(metrics(run)[-1]["test_acc"])
     assert acc >= 0.40, acc
