@@ -1,0 +1,129 @@
+"""App latency on this CPU, in process: p50 and p95 of each request kind, against bare-model baselines measured in
+the same process.
+
+    python bench/app_latency.py [--model release/model] [--repeats 30]
+
+Goals on a 2-core CPU: predict p50 < 20 ms, predict + 3 CAMs p50 < 80 ms, 12-MP upload p50 < 200 ms, startup < 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timings(fn, repeats: int) -> np.ndarray:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return np.array(out)
+
+
+def report(name: str, ms: np.ndarray, goal: float | None = None, baseline: np.ndarray | None = None) -> None:
+    line = f"{name:<44} p50 {np.percentile(ms, 50):7.1f} ms   p95 {np.percentile(ms, 95):7.1f} ms"
+    if baseline is not None:
+        line += f"   x{np.percentile(ms, 50) / np.percentile(baseline, 50):.2f} of baseline"
+    if goal is not None:
+        line += f"   (goal p50 < {goal:g} ms: {'met' if np.percentile(ms, 50) < goal else 'MISSED'})"
+    print(line)
+
+
+def photo(path: Path, width=4000, height=3000) -> Path:
+    """A 12-megapixel JPEG with photo-like content (smooth shapes plus sensor noise)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([128 + 100 * np.sin(x / 300), 128 + 100 * np.cos(y / 250), 128 + 80 * np.sin((x + y) / 400)], -1)
+    img += rng.normal(0, 12, img.shape)
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+    return path
+
+
+def startup_seconds(model: str) -> float:
+    """Process start to the first answered prediction, through the real server."""
+    from gradio_client import Client, handle_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "S10_MODEL": model, "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "space" / "app.py")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                if proc.poll() is not None or time.perf_counter() - t > 120:
+                    raise RuntimeError("the app did not start")
+                time.sleep(0.05)
+        client.predict(handle_file(str(ROOT / "space" / "examples" / "cat.png")), 3, api_name="/predict")
+        return time.perf_counter() - t
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=str(ROOT / "release" / "model"))
+    p.add_argument("--repeats", type=int, default=30)
+    args = p.parse_args()
+    os.environ["S10_MODEL"] = args.model
+    spec = importlib.util.spec_from_file_location("app", ROOT / "space" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    from torchcam.methods import GradCAM
+
+    examples = [str(x) for x in app.EXAMPLES]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}")
+
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        bare = timings(lambda: app.MODEL(x), args.repeats)
+    report("baseline: bare forward pass (1 image)", bare)
+
+    def torchcam_plain():  # the straightforward way: one extractor, one backward per class
+        model = app.CAM_MODEL
+        xg = x.clone().requires_grad_(True)
+        with torch.enable_grad(), GradCAM(model, target_layer="prep") as extractor:
+            scores = model(xg)
+            for i, c in enumerate(scores.topk(3).indices[0].tolist()):
+                extractor(c, scores, retain_graph=i < 2)
+    plain_cam = timings(torchcam_plain, args.repeats)
+    report("baseline: torchcam GradCAM x3 at prep", plain_cam)
+
+    i = iter(range(10**9))
+    predict = timings(lambda: app.predict(examples[next(i) % len(examples)], 3), args.repeats)
+    report("predict (example image, top 3)", predict, 20, bare)
+    cams = timings(lambda: app.explain(examples[next(i) % len(examples)], 3, True, 3, "prep", 0.5), args.repeats)
+    report("predict + 3 CAMs at prep (earliest layer)", cams, 80, plain_cam)
+    if app.PACK:
+        gallery = timings(lambda: app.misclassified(10, True, "prep", 0.5), max(5, args.repeats // 3))
+        report("misclassified gallery, 10 CAMs at prep", gallery)
+    big = photo(Path("/tmp/s10-bench-12mp.jpg"))
+    upload = timings(lambda: app.predict(str(big), 3), max(5, args.repeats // 2))
+    report("predict on a 12-MP JPEG upload", upload, 200)
+    seconds = startup_seconds(args.model)
+    print(f"{'app start to first answer':<44} {seconds:.1f} s   (goal < 10 s: {'met' if seconds < 10 else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
