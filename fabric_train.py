@@ -122,19 +122,28 @@ def build_fabric(args, callbacks, loggers):
         raise UsageError(str(err).splitlines()[0]) from None
 
 
-def run_provenance(args, data) -> dict:
+def code_version() -> dict:
+    """The commit the running code came from, read at start-up, and whether the tree had uncommitted changes."""
+    def git(*cmd):
+        try:
+            proc = subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=Path(__file__).parent,
+                                  timeout=10)
+            return proc.stdout.strip() if proc.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None}
+
+
+
+def run_provenance(args, data, code: dict) -> dict:
     import lightning
     import torchmetrics
     import torchvision
 
-    try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        commit = git.stdout.strip() if git.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     return {
-        "git_commit": commit,
+        **code,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "lightning": lightning.__version__,
                      "torchmetrics": torchmetrics.__version__},
@@ -190,6 +199,7 @@ def gather_uneven(fabric, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
+    code = code_version()  # now, before the source can change under a long run
     args = parse_args(argv)
     from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
     from lightning.fabric.utilities.seed import seed_everything
@@ -311,11 +321,11 @@ def main(argv=None) -> int:
     if fabric.is_global_zero:
         flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         config = {"args": flags, "recipe": asdict(recipe), "arch": asdict(arch), "world_size": world,
-                  "steps_per_epoch": steps, **run_provenance(args, data)}
+                  "steps_per_epoch": steps, **run_provenance(args, data, code)}
         if args.resume:  # keep the run's original flags and provenance; record each resume beside them
             config = saved
             config.setdefault("resumes", []).append({"from_epoch": start_epoch, "args": flags, "world_size": world,
-                                                     **run_provenance(args, data)})
+                                                     **run_provenance(args, data, code)})
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if not args.resume:
             log.info(f"S10 on {data.source}: {len(data.train)} train / {len(data.test)} test images, "

@@ -38,7 +38,9 @@ def recipe_lines(config: dict, results: dict) -> list[str]:
         f"seed {r['seed']}.",
         f"- Ran on {world} x {device}, precision {config['args']['precision']}; torch "
         f"{config['versions']['torch']}, lightning {config['versions']['lightning']}; commit "
-        f"`{(config.get('git_commit') or 'unknown')[:10]}`.",
+        f"`{(config.get('git_commit') or 'unknown')[:10]}`"
+        + "".join(f", resumed at epoch {r['from_epoch']} with `{(r.get('git_commit') or 'unknown')[:10]}`"
+                  for r in config.get("resumes", [])) + ".",
         f"- Training time: {results['train_time_s'] / 60:.1f} min (sum of the epochs' training loops; test passes "
         f"and pauses not included).",
     ]
