@@ -7,10 +7,10 @@ DATA := .data/cifar10
 RUN ?= runs/s10
 RELEASE := release
 
-.PHONY: help install test test-fast data train resume demo bench report publish publish-dry-run clean browser
+.PHONY: help install test test-fast data train resume demo bench report release-record publish publish-dry-run clean browser
 
 help:
-	@echo "make install | test | data | train | resume | demo | bench | report | publish-dry-run | publish"
+	@echo "make install | test | test-fast | data | train | resume | demo | bench | report | release-record RUN=... | publish-dry-run | publish"
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ resume: install data
 	$(PY) fabric_train.py --data $(DATA) --out $(RUN) --find-lr --resume
 
 report: install
+	$(PY) -m s10.report $(RELEASE) --readme README.md
+
+# Copy a finished run's record and model into release/ (no checkpoint), then write the README's results from it.
+release-record: install
+	test -f $(RUN)/results.json
+	rm -rf $(RELEASE) && mkdir -p $(RELEASE) && cp -r $(RUN)/. $(RELEASE)/
+	rm -rf $(RELEASE)/checkpoints $(RELEASE)/tensorboard
 	$(PY) -m s10.report $(RELEASE) --readme README.md
 
 demo: install

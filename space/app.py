@@ -240,22 +240,29 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with GradCAM") as demo:
                 examples_per_page=10)
 
     inputs = [image, k, show_cam, n_cams, layer, opacity]
-    for trigger in (run.click, image.change):
-        trigger(explain, inputs, [label, cam_gallery], api_name="explain" if trigger == run.click else False,
-                concurrency_limit=4)
+
+    def refresh(image, *controls):
+        """Re-run on a changed control, quietly doing nothing while there is no image (e.g. after clearing it)."""
+        return explain(image, *controls) if image else (None, [])
+
+    run.click(explain, inputs, [label, cam_gallery], api_name="explain", concurrency_limit=4)
+    image.change(refresh, inputs, [label, cam_gallery], api_name=False, concurrency_limit=4)
     for slider in (k, n_cams, opacity):
-        slider.release(explain, inputs, [label, cam_gallery], api_name=False, concurrency_limit=4)
-    layer.change(explain, inputs, [label, cam_gallery], api_name=False, concurrency_limit=4)
+        slider.release(refresh, inputs, [label, cam_gallery], api_name=False, concurrency_limit=4)
+    layer.change(refresh, inputs, [label, cam_gallery], api_name=False, concurrency_limit=4)
     show_cam.change(lambda on: [gr.update(visible=on)] * 2, show_cam, [cam_controls, cam_gallery], api_name=False) \
-        .then(explain, inputs, [label, cam_gallery], api_name=False)
+        .then(refresh, inputs, [label, cam_gallery], api_name=False, concurrency_limit=4)
     gr.Button("Top-k only", visible=False).click(predict, [image, k], label, api_name="predict")
 
     mis_inputs = [mis_count, mis_cam, layer, opacity]
+
+    def refresh_mistakes(on, *controls):
+        return misclassified(*controls) if on else []
+
     show_mis.change(lambda on: [gr.update(visible=on)] * 2, show_mis, [mis_controls, mis_gallery], api_name=False) \
-        .then(lambda on, *a: misclassified(*a) if on else [], [show_mis, *mis_inputs], mis_gallery, api_name=False)
-    for control in (mis_count, mis_cam):
-        control.change(lambda on, *a: misclassified(*a) if on else [], [show_mis, *mis_inputs], mis_gallery,
-                       api_name=False)
+        .then(refresh_mistakes, [show_mis, *mis_inputs], mis_gallery, api_name=False)
+    for control in (mis_count.release, mis_cam.change, layer.change, opacity.release):
+        control(refresh_mistakes, [show_mis, *mis_inputs], mis_gallery, api_name=False)
     gr.Button("Gallery", visible=False).click(misclassified, mis_inputs, mis_gallery, api_name="misclassified")
 
 
