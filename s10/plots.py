@@ -6,6 +6,7 @@ they stay sharp. Metadata is stripped so the same inputs give the same PNG bytes
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -49,9 +50,10 @@ def lr_finder(result, path: str | Path, rule: str) -> None:
     ax.plot(result.lrs, result.smoothed, color="tab:blue", lw=2, label="smoothed loss")
     ax.axvline(result.suggestion, color="tab:red", ls="--", label=f"suggested peak LR {result.suggestion:.2e}")
     ax.set_xscale("log")
-    finite = [s for s in result.smoothed if s == s]
-    if finite:
-        ax.set_ylim(min(finite) * 0.9, min(max(finite), 4 * min(finite)) * 1.1)
+    finite = [s for s in result.smoothed if math.isfinite(s)]
+    raw = [s for s in result.losses if math.isfinite(s)]
+    if finite:  # from the lowest loss seen up to where the sweep diverged; later spikes would flatten the curve
+        ax.set_ylim(min(raw + finite) * 0.95, min(max(finite), 4 * min(finite)) * 1.1)
     ax.set(title=f"LR range test ({len(result.lrs)} steps)\nsuggestion: {rule}", xlabel="learning rate (log scale)",
            ylabel="training loss")
     ax.legend()
