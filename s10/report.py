@@ -29,8 +29,9 @@ def recipe_lines(config: dict, results: dict) -> list[str]:
     return [
         f"- Data: `{Path(data['source']).name}`: {data['train_images']:,} training images, {data['test_images']:,} "
         f"test images ({data['exact_test_images']:,} of them lossless originals).",
-        f"- {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}, batch {r['batch_size']}, Adam (L2 {r['weight_decay']:g}), cross-entropy with label "
-        f"smoothing {r['label_smoothing']:g}; One Cycle: start {r['max_lr'] / r['div_factor']:.2e}, peak "
+        f"- {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}, batch {r['batch_size']}, Adam (L2 "
+        f"{r['weight_decay']:g}), cross-entropy with label smoothing {r['label_smoothing']:g}; One Cycle: start "
+        f"{r['max_lr'] / r['div_factor']:.2e}, peak "
         f"{r['max_lr']:.2e} at {r['pct_start'] * r['epochs']:.3g} epochs, linear, two phases, end "
         f"{r['max_lr'] / r['div_factor'] / r['final_div_factor']:.2e}; augmentation: reflect-pad 4 + random crop 32, "
         "horizontal flip, CutOut 8x8.",

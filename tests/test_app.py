@@ -1,13 +1,10 @@
 """The app's pure functions, its model resolution, and the real server driven by gradio_client."""
 
-import importlib.util
 import io
-import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -201,9 +198,6 @@ def test_unknown_repo_falls_back_to_the_released_folder(smoke_run, tmp_path):
 
 
 def test_nothing_loadable_is_a_one_line_startup_error(tmp_path):
-    code = ("import sys, pathlib; sys.path.insert(0, %r); import importlib.util; "
-            "spec = importlib.util.spec_from_file_location('app', %r); app = importlib.util.module_from_spec(spec); "
-            "import s10.model; " % (str(ROOT), str(ROOT / "space" / "app.py")))
     # Point the released folder at an empty place by running a copy of the app from an empty tree.
     tree = tmp_path / "tree"
     shutil.copytree(ROOT / "s10", tree / "s10")
@@ -215,7 +209,6 @@ def test_nothing_loadable_is_a_one_line_startup_error(tmp_path):
                           env=env, timeout=180, cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("s10 app: no loadable model")
-    del code
 
 
 # -- the real server --------------------------------------------------------------------------------------------------

@@ -125,7 +125,8 @@ def test_trainer_push_to_hub_failure_keeps_the_run(tmp_path):
 
     data = make_tree(tmp_path / "data", classes=CIFAR_NAMES[:3], n_train=6, n_test=2)
     proc = run_train("--data", data, "--out", tmp_path / "run", "--smoke", "--batch-size", 16, "--epochs", 1,
-                     "--no-progress-bar", "--push-to-hub", "someone/s10", env={"HF_TOKEN": "", "HF_HOME": str(tmp_path)})
+                     "--no-progress-bar", "--push-to-hub", "someone/s10",
+                     env={"HF_TOKEN": "", "HF_HOME": str(tmp_path)})
     assert proc.returncode == 2
     assert "no Hugging Face token" in proc.stderr and "Traceback" not in proc.stderr
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
