@@ -376,7 +376,7 @@ def main(argv=None) -> int:
     logits = gather_uneven(fabric, predict_logits(net, test.images, mean, std, per_rank))
     logits_tta = gather_uneven(fabric, predict_logits(net, test.images, mean, std, per_rank, tta=True))
     if fabric.is_global_zero:
-        write_results(out, rows, data, net, logits, logits_tta, recipe)
+        write_results(out, rows, data, net, logits, logits_tta, recipe, module.lr_schedule())
     fabric.barrier()
     if args.push_to_hub and fabric.is_global_zero:
         from hub.push import PushError, push_run
@@ -388,7 +388,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_results(out: Path, rows, data, net, logits, logits_tta, recipe) -> dict:
+def write_results(out: Path, rows, data, net, logits, logits_tta, recipe, schedule) -> dict:
     """Rank 0: results.json, per_class.csv, the plots, and model/ (weights, config with results, misclassified
     pack, model card)."""
     from s10 import plots
@@ -406,7 +406,7 @@ def write_results(out: Path, rows, data, net, logits, logits_tta, recipe) -> dic
         counts = torch.bincount(data.test.labels, minlength=len(data.classes)).tolist()
         for c, n in zip(data.classes, counts):
             writer.writerow([c, n, f"{results['per_class_acc'][c]:.4f}"])
-    plots.curves(rows, out / "curves.png")
+    plots.curves(rows, out / "curves.png", schedule)
     plots.confusion_matrix(results["confusion_matrix"], data.classes, out / "confusion_matrix.png")
     pack = misclassified(logits, data.test)
     names = data.classes

@@ -84,12 +84,26 @@ class S10Module(L.LightningModule):
     def configure_optimizers(self):
         r = self.recipe
         optimizer = torch.optim.Adam(self.parameters(), lr=r.max_lr / r.div_factor, weight_decay=r.weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._one_cycle(optimizer), "interval": "step"}}
+
+    def _one_cycle(self, optimizer):
+        r = self.recipe
+        return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=r.max_lr, epochs=r.epochs, steps_per_epoch=self.steps_per_epoch,
             pct_start=r.pct_start, div_factor=r.div_factor, final_div_factor=r.final_div_factor,
             three_phase=False, anneal_strategy="linear",
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_schedule(self) -> list[float]:
+        """The LR of every optimizer step of the run, as the scheduler sets it (for the plots)."""
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=self.recipe.max_lr)
+        scheduler = self._one_cycle(optimizer)
+        lrs = []
+        for _ in range(self.recipe.epochs * self.steps_per_epoch):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return lrs
 
     def recipe_dict(self) -> dict:
         return asdict(self.recipe)

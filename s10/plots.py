@@ -22,8 +22,9 @@ def _save(fig, path):
     plt.close(fig)
 
 
-def curves(rows: list[dict], path: str | Path) -> None:
-    """Loss, accuracy and LR per epoch (rows as in metrics.csv)."""
+def curves(rows: list[dict], path: str | Path, schedule: list[float] | None = None) -> None:
+    """Loss, accuracy and LR per epoch (rows as in metrics.csv); with `schedule` (the LR of every step of the
+    run), the LR panel draws the whole One Cycle schedule, with the epochs' last-step LRs on it."""
     epochs = [int(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
     ax = axes[0]
@@ -37,8 +38,13 @@ def curves(rows: list[dict], path: str | Path) -> None:
     ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
     ax.legend()
     ax = axes[2]
-    ax.plot(epochs, [float(r["lr"]) for r in rows], "o-", color="tab:green")
-    ax.set(title="Learning rate (One Cycle, at the end of each epoch)", xlabel="epoch", ylabel="LR")
+    if schedule:  # the whole run: its last row is its last epoch
+        steps_per_epoch = len(schedule) / epochs[-1]
+        ax.plot([(i + 1) / steps_per_epoch for i in range(len(schedule))], schedule, color="tab:green",
+                label="every step")
+    ax.plot(epochs, [float(r["lr"]) for r in rows], "o", color="tab:green", label="last step of each epoch")
+    ax.set(title="Learning rate (One Cycle)", xlabel="epoch", ylabel="LR")
+    ax.legend()
     for ax in axes:
         ax.grid(alpha=0.3)
     _save(fig, path)

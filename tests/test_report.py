@@ -138,3 +138,13 @@ def test_report_is_deterministic_and_rewrites_the_readme(finished_run, tmp_path)
     text = first.decode()
     assert "old" not in text and text.endswith("footer\n") and "| 2 |" in text and "misclassified.png" in text
     assert main([str(tmp_path / "nothing")]) == 2
+
+
+def test_lr_schedule_peaks_at_epoch_5_of_24():
+    from s10.module import S10Module
+
+    module = S10Module(recipe=Recipe(max_lr=2e-3), steps_per_epoch=10)
+    schedule = module.lr_schedule()
+    assert len(schedule) == 240 and max(schedule) == pytest.approx(2e-3)
+    assert schedule.index(max(schedule)) in (49, 50)  # 5/24 of 240 steps
+    assert schedule[0] == pytest.approx(2e-5) and schedule[-1] == pytest.approx(2e-7, rel=0.05)
