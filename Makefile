@@ -52,8 +52,10 @@ release-record: install
 	rm -rf $(RELEASE)/checkpoints $(RELEASE)/tensorboard
 	$(PY) -m s10.report $(RELEASE) --readme README.md
 
+# The released model; `make demo S10_MODEL=user/repo` (or any model folder) shows another.
+S10_MODEL ?= $(CURDIR)/$(RELEASE)/model
 demo: install
-	$(PY) space/app.py
+	S10_MODEL=$(S10_MODEL) $(PY) space/app.py
 
 bench: install data
 	$(PY) bench/train_throughput.py --data $(DATA)

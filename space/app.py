@@ -56,7 +56,9 @@ def project_settings() -> dict:
 def resolve_model(requested: str | None = None, released: Path = RELEASED) -> tuple[S10Net, Path | None, str]:
     """Load the model once: (model, local folder with its misclassified pack if any, where it came from)."""
     requested = requested or os.environ.get("S10_MODEL") or project_settings().get("model_repo")
-    if requested:
+    if requested and requested.startswith(("/", ".", "~")) and not Path(requested).expanduser().is_dir():
+        log.warning("model folder %s does not exist; falling back to %s", requested, released)
+    elif requested:
         try:
             model = S10Net.from_pretrained(requested)
             folder = Path(requested) if Path(requested).is_dir() else _snapshot(requested)
@@ -64,10 +66,13 @@ def resolve_model(requested: str | None = None, released: Path = RELEASED) -> tu
         except Exception as err:  # unreachable Hub, missing repo, bad weights: fall back, say so
             log.warning("could not load model %r (%s: %s); falling back to %s", requested, type(err).__name__,
                         str(err).splitlines()[0] if str(err) else "", released)
+    tried = f"{requested} failed and " if requested else ""
+    if not (released / "model.safetensors").is_file():
+        raise StartupError(f"no loadable model: {tried}there is no released model at {released}")
     try:
         return S10Net.from_pretrained(released), released, str(released)
     except Exception as err:
-        raise StartupError(f"no loadable model: {requested or 'S10_MODEL unset'} failed and {released}: {err}")
+        raise StartupError(f"no loadable model: {tried}{released} does not load: {err}") from None
 
 
 def _snapshot(repo_id: str) -> Path | None:
