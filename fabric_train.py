@@ -374,7 +374,7 @@ def main(argv=None) -> int:
     # Final evaluation: every rank predicts its share of the test set, every figure comes from all of it.
     net = module.model
     logits = gather_uneven(fabric, predict_logits(net, test.images, mean, std, per_rank))
-    logits_tta = gather_uneven(fabric, predict_logits(net, test.images, mean, std, per_rank, tta=True))
+    logits_tta = (logits + gather_uneven(fabric, predict_logits(net, test.images, mean, std, per_rank, flip=True))) / 2
     if fabric.is_global_zero:
         write_results(out, rows, data, net, logits, logits_tta, recipe, module.lr_schedule())
     fabric.barrier()

@@ -24,15 +24,13 @@ PACK_SIZE = 100  # misclassified images shipped with the model for the app's gal
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 500,
-                   tta: bool = False) -> torch.Tensor:
-    """float32 logits for uint8 images (N, 3, H, W); with `tta`, the mean of the image's and its mirror's logits."""
+                   flip: bool = False) -> torch.Tensor:
+    """float32 logits for uint8 images (N, 3, H, W), or for their mirror images with `flip`. Flip TTA is the mean of
+    the two: two passes in all for the plain and the TTA figure."""
     out = []
     for start in range(0, len(images), batch_size):
-        x = normalize(images[start:start + batch_size], mean, std).contiguous(memory_format=torch.channels_last)
-        logits = model(x).float()
-        if tta:
-            logits = (logits + model(x.flip(-1)).float()) / 2
-        out.append(logits)
+        x = normalize(images[start:start + batch_size], mean, std)
+        out.append(model((x.flip(-1) if flip else x).contiguous(memory_format=torch.channels_last)).float())
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -102,7 +100,7 @@ def main(argv=None) -> int:
         return 2
     cfg = model.config
     logits = predict_logits(model, data.test.images, cfg.mean, cfg.std)
-    logits_tta = predict_logits(model, data.test.images, cfg.mean, cfg.std, tta=True)
+    logits_tta = (logits + predict_logits(model, data.test.images, cfg.mean, cfg.std, flip=True)) / 2
     results = test_results(logits, logits_tta, data.test, cfg.class_names)
     results.pop("confusion_matrix")
     print(json.dumps(results, indent=1))
