@@ -311,13 +311,18 @@ def main(argv=None) -> int:
 
     start_epoch, rows = 0, []
     if args.resume:
-        fabric.load(ckpt_path, state)
+        rest = fabric.load(ckpt_path, state)
         torch.set_rng_state(state["rng"])
         start_epoch = state["epoch"]
-        rows = read_metrics(out / "metrics.csv", start_epoch)
+        # The checkpoint carries the per-epoch rows; metrics.csv is only read for checkpoints written before it did.
+        rows = rest.get("metrics") or read_metrics(out / "metrics.csv", start_epoch)
         log.info(f"resumed {out} at epoch {start_epoch}/{recipe.epochs}")
-    for row in rows:  # CSVLogger starts a fresh metrics.csv: replay the kept rows into it
+    state["metrics"] = rows
+    for row in rows:  # CSVLogger deletes an existing metrics.csv when it starts: write the kept rows back at once
         fabric.log_dict(row, step=row["epoch"])
+    if rows:
+        for logger in fabric.loggers:
+            logger.save()
     if fabric.is_global_zero:
         flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         config = {"args": flags, "recipe": asdict(recipe), "arch": asdict(arch), "world_size": world,

@@ -106,7 +106,20 @@ def test_resume_drops_metrics_rows_past_the_checkpoint(tiny_data, tmp_path):
     with open(run / "metrics.csv", "a") as f:
         f.write(f"2,{','.join(['0.5'] * 8)}\n")
     ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--resume"))
-    assert [int(r["epoch"]) for r in metrics(run)] == [1, 2]
+    rows = metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and float(rows[1]["test_loss"]) != 0.5
+
+
+def test_resume_restores_the_metrics_from_the_checkpoint(tiny_data, tmp_path):
+    """The history lives in the checkpoint: a run whose metrics.csv was lost resumes with all of it."""
+    run = tmp_path / "run"
+    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--stop-after-epoch", 1))
+    first = metrics(run)
+    (run / "metrics.csv").unlink()
+    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--resume"))
+    rows = metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert rows[0] == first[0]
 
 
 @pytest.mark.parametrize("args, message", [
