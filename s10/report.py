@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "space" / "examples"  # the app's examples, <class>.png
 START = "<!-- results:start (written by `python -m s10.report`; do not edit by hand) -->"
 END = "<!-- results:end -->"
 
@@ -40,11 +41,18 @@ def recipe_lines(config: dict, results: dict) -> list[str]:
         f"- Ran on {world} x {device}, precision {config['args']['precision']}; torch "
         f"{config['versions']['torch']}, lightning {config['versions']['lightning']}; commit "
         f"`{(config.get('git_commit') or 'unknown')[:10]}`"
-        + "".join(f", resumed at epoch {r['from_epoch']} with `{(r.get('git_commit') or 'unknown')[:10]}`"
-                  for r in config.get("resumes", [])) + ".",
-        f"- Training time: {results['train_time_s'] / 60:.1f} min (sum of the epochs' training loops; test passes "
-        f"and pauses not included).",
+        + "".join(f", resumed at epoch {res['from_epoch']} with `{(res.get('git_commit') or 'unknown')[:10]}`"
+                  for res in config.get("resumes", [])) + ".",
+        f"- Wall time: {duration(results['train_time_s'])} of training on {'the GPU' if hw['gpu'] else 'the CPU'}: "
+        f"the sum of the {results.get('epochs', r['epochs'])} epochs' training loops (the LR range test, the test passes "
+        "and the time between a stop and its resume not included).",
+        *(f"- Note: {note}" for note in config.get("record_notes", [])),
     ]
+
+
+def duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{seconds / 60:.1f} min"
 
 
 def results_table(results: dict) -> list[str]:
@@ -60,7 +68,38 @@ def results_table(results: dict) -> list[str]:
     return lines
 
 
-def render(run: Path, relative_to: Path | None = None) -> str:
+def example_predictions(model_dir: Path, examples: Path) -> list[tuple[str, str, str]]:
+    """(file, true class, predicted class) for each of the app's examples (`<class>.png`), as the app reads them."""
+    from s10.inference import load_image, probabilities, to_input
+    from s10.model import S10Net
+
+    model = S10Net.from_pretrained(model_dir)
+    cfg = model.config
+    paths = sorted(examples.glob("*.png"))
+    if sorted(p.stem for p in paths) != sorted(cfg.class_names):
+        return []  # not this model's examples (another data set)
+    out = []
+    for path in paths:
+        pred = probabilities(model, to_input(load_image(path), cfg.mean, cfg.std)).argmax().item()
+        out.append((path.name, path.stem, cfg.class_names[pred]))
+    return out
+
+
+def examples_lines(predictions: list[tuple[str, str, str]]) -> list[str]:
+    wrong = [(name, pred) for name, true, pred in predictions if pred != true]
+    lines = ["### The app's examples", "",
+             f"The app's {len(predictions)} example images (`space/examples`: the first lossless test image of "
+             f"each class), classified by this model: {len(predictions) - len(wrong)} of {len(predictions)} as "
+             "their own class."]
+    if wrong:
+        lines[-1] += " Not classified as their own class: " + ", ".join(
+            f"`{name}` (predicted {pred})" for name, pred in wrong) + "."
+    return lines + [""]
+
+
+def render(run: Path, relative_to: Path | None = None, examples: Path | None = EXAMPLES) -> str:
+    """The Markdown section; with `examples` (a folder of `<class>.png`) and a model in the run, how the model
+    classifies them."""
     run = Path(run)
     config = json.loads((run / "config.json").read_text())
     results = json.loads((run / "results.json").read_text())
@@ -92,6 +131,10 @@ def render(run: Path, relative_to: Path | None = None) -> str:
               "### Misclassified test images", "",
               "The 10 most confident mistakes, each captioned with its true and predicted label:", "",
               f"![10 misclassified test images with true and predicted labels]({img('misclassified.png')})", ""]
+    if examples is not None and examples.is_dir() and (run / "model" / "model.safetensors").is_file():
+        predictions = example_predictions(run / "model", examples)
+        if predictions:
+            lines += examples_lines(predictions)
     return "\n".join(lines)
 
 

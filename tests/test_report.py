@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -140,6 +141,53 @@ def test_report_is_deterministic_and_rewrites_the_readme(finished_run, tmp_path)
     text = first.decode()
     assert "old" not in text and text.endswith("footer\n") and "| 2 |" in text and "misclassified.png" in text
     assert main([str(tmp_path / "nothing")]) == 2
+
+
+def test_report_says_which_app_examples_the_model_gets_wrong(finished_run, tmp_path):
+    """The examples section names exactly the examples whose top-1 class is not their own (as the app reads them)."""
+    from s10.inference import load_image, probabilities, to_input
+    from s10.report import render
+
+    run, data = finished_run
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    model = S10Net.from_pretrained(run / "model")
+    cfg = model.config
+    for name in cfg.class_names:
+        shutil.copy(next((data / "test" / name).glob("*.png")), examples / f"{name}.png")
+    wrong = []
+    for name in cfg.class_names:
+        x = to_input(load_image(examples / f"{name}.png"), cfg.mean, cfg.std)
+        pred = cfg.class_names[probabilities(model, x).argmax().item()]
+        if pred != name:
+            wrong.append(f"`{name}.png` (predicted {pred})")
+    text = render(run, examples=examples)
+    n = len(cfg.class_names)
+    assert f"classified by this model: {n - len(wrong)} of {n} as their own class." in text
+    if wrong:
+        assert "Not classified as their own class: " + ", ".join(wrong) + "." in text
+    else:
+        assert "Not classified" not in text
+    (examples / "airplane.png").write_bytes((examples / "cat.png").read_bytes())  # not this model's classes
+    assert "The app's examples" not in render(run, examples=examples)
+    assert "The app's examples" not in render(run, examples=None)
+
+
+def test_report_states_the_hardware_wall_time_and_notes(finished_run, tmp_path):
+    from s10.report import duration, render
+
+    run, _ = finished_run
+    assert (duration(42.0), duration(3 * 3600 + 25 * 60 + 10)) == ("0.7 min", "3 h 25 min")
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    results = json.loads((copy / "results.json").read_text())
+    text = render(copy, examples=None)
+    assert f"- Wall time: {duration(results['train_time_s'])} of training on the CPU" in text
+    assert "- Note:" not in text
+    config["record_notes"] = ["epochs 1-2 shared the CPU."]
+    (copy / "config.json").write_text(json.dumps(config))
+    assert "- Note: epochs 1-2 shared the CPU." in render(copy, examples=None)
 
 
 def test_lr_schedule_peaks_at_epoch_5_of_24():
