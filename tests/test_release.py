@@ -60,5 +60,5 @@ def test_release_meets_the_course_bar_and_ships_small():
     assert results["epochs"] == 24 and results["exact_images"] == 1000
     assert results["exact_test_acc"] >= 0.90, results["exact_test_acc"]
     model_bytes = sum(p.stat().st_size for p in (RELEASE / "model").rglob("*") if p.is_file())
-    assert model_bytes < 30 * 2**20, model_bytes
+    assert model_bytes < 30_000_000, model_bytes
     assert not list(RELEASE.rglob("*.ckpt"))
