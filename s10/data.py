@@ -24,7 +24,7 @@ from PIL import Image
 from s10.model import CIFAR10_CLASSES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: no per-image "exact" flag
 
 
 class DataError(ValueError):
@@ -35,16 +35,15 @@ class DataError(ValueError):
 class Split:
     images: torch.Tensor  # (N, 3, 32, 32) uint8
     labels: torch.Tensor  # (N,) int64
-    exact: torch.Tensor  # (N,) bool: lossless original pixels (all True except the offline copy's JPEG test images)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index) -> "Split":
-        return Split(self.images[index], self.labels[index], self.exact[index])
+        return Split(self.images[index], self.labels[index])
 
     def to(self, device) -> "Split":
-        return Split(self.images.to(device), self.labels.to(device), self.exact.to(device))
+        return Split(self.images.to(device), self.labels.to(device))
 
 
 @dataclass
@@ -79,7 +78,7 @@ def _load_torchvision(root: Path) -> Dataset:
             ) from None
         images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
         labels = torch.tensor(ds.targets, dtype=torch.int64)
-        splits[name] = Split(images, labels, torch.ones(len(labels), dtype=torch.bool))
+        splits[name] = Split(images, labels)
     return Dataset(splits["train"], splits["test"], list(CIFAR10_CLASSES), "cifar10")
 
 
@@ -97,12 +96,24 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
     return files
 
 
-def _load_folder(root: Path) -> Dataset:
+def check_source(source: str) -> None:
+    """Raise DataError for a source that cannot be used, from its file listing alone (no decoding): cheap enough to
+    run before any process is launched."""
+    if source != "cifar10":
+        _folder_files(Path(source))
+
+
+def _folder_files(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
     if not root.is_dir():
         raise DataError(f"--data {root}: not a directory (give 'cifar10' or a class-folder root)")
     train_files, test_files = _class_files(root / "train"), _class_files(root / "test")
     if list(train_files) != list(test_files):
         raise DataError(f"{root}: train and test class folders differ: {list(train_files)} vs {list(test_files)}")
+    return train_files, test_files
+
+
+def _load_folder(root: Path) -> Dataset:
+    train_files, test_files = _folder_files(root)
     classes = list(train_files)
     splits = {name: _decode_cached(root, name, files, classes)
               for name, files in (("train", train_files), ("test", test_files))}
@@ -118,21 +129,18 @@ def _decode_cached(root: Path, split: str, files: dict[str, list[Path]], classes
     cache = root / ".s10-cache" / f"{split}-{key}.safetensors"
     if cache.is_file():
         t = load_file(str(cache))
-        return Split(t["images"], t["labels"], t["exact"].bool())
-    images, labels, exact = [], [], []
+        return Split(t["images"], t["labels"])
+    images, labels = [], []
     for label, c in enumerate(classes):
         for p in files[c]:
             images.append(_decode(p))
             labels.append(label)
-            # The offline copy marks lossless originals t*.png; every PNG elsewhere is lossless too.
-            exact.append(p.suffix.lower() == ".png")
     split_data = Split(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-                       torch.tensor(labels, dtype=torch.int64), torch.tensor(exact, dtype=torch.bool))
+                       torch.tensor(labels, dtype=torch.int64))
     try:
         cache.parent.mkdir(exist_ok=True)
         tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        save_file({"images": split_data.images, "labels": split_data.labels,
-                   "exact": split_data.exact.to(torch.uint8)}, str(tmp))
+        save_file({"images": split_data.images, "labels": split_data.labels}, str(tmp))
         tmp.replace(cache)
     except OSError:
         pass  # a read-only data folder: decode again next time
@@ -153,11 +161,16 @@ def _decode(path: Path) -> np.ndarray:
 # -- batches on the device -------------------------------------------------------------------------------------------
 
 
-def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
-    """One RNG stream per (seed, epoch): the same on every rank, and the same after a resume."""
-    g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + epoch)
-    return g
+def epoch_generators(seed: int, epoch: int, rank: int, device) -> tuple[torch.Generator, torch.Generator]:
+    """Two RNG streams for an epoch, both the same after a resume: the shuffle, (seed, epoch), shared by every rank so
+    that the ranks split one permutation; the augmentation, (seed, epoch, rank), so that each rank draws its own crops,
+    flips and CutOuts (with one stream, the j-th image of every rank would get the same ones)."""
+    base = seed * 1_000_003 + epoch
+    shuffle = torch.Generator(device=device)
+    shuffle.manual_seed(base % 2**63)
+    augmentation = torch.Generator(device=device)
+    augmentation.manual_seed((base * 65_537 + 1 + rank) % 2**63)  # distinct for every rank below 65,536
+    return shuffle, augmentation
 
 
 def train_batches(split: Split, batch_size: int, rank: int, world_size: int, generator: torch.Generator):
@@ -170,19 +183,18 @@ def train_batches(split: Split, batch_size: int, rank: int, world_size: int, gen
         yield split.images[index], split.labels[index]
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    return n_train // batch_size
+def augmented_batches(split: Split, batch_size: int, rank: int, world_size: int, seed: int, epoch: int, mean, std):
+    """One epoch of this rank's training batches, augmented on the device: (normalised float images in
+    channels_last, labels). Deterministic for (seed, epoch, rank), so a resumed run sees the same batches."""
+    shuffle, augmentation = epoch_generators(seed, epoch, rank, split.images.device)
+    for images, labels in train_batches(split, batch_size, rank, world_size, shuffle):
+        yield augment(images, mean, std, augmentation).contiguous(memory_format=torch.channels_last), labels
 
 
 def shard(n: int, rank: int, world_size: int) -> slice:
     """This rank's contiguous share of n items, without padding (shares differ by at most one)."""
     bounds = np.linspace(0, n, world_size + 1).round().astype(int)
     return slice(int(bounds[rank]), int(bounds[rank + 1]))
-
-
-def test_batches(split: Split, batch_size: int):
-    for start in range(0, len(split), batch_size):
-        yield split.images[start:start + batch_size], split.labels[start:start + batch_size]
 
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:

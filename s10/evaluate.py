@@ -1,5 +1,5 @@
-"""Test-set evaluation: accuracy (plain and with flip TTA), per class, confusion matrix, the exact subset, and the
-misclassified pack. Used at the end of training, and alone to check a released model:
+"""Test-set evaluation: accuracy (plain and with flip TTA), per class, confusion matrix, and the misclassified pack;
+the files a finished run writes from them. Used at the end of training, and alone to check a released model:
 
     python -m s10.evaluate MODEL_DIR DATA_ROOT      # e.g. release/model .data/cifar10; prints results as JSON
 
@@ -9,6 +9,7 @@ torchmetrics' functional API computes every figure, from the logits of the whole
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ def _acc(logits, labels, n):
 def test_results(logits: torch.Tensor, logits_tta: torch.Tensor, split: Split, classes: list[str]) -> dict:
     """Every figure of results.json, from the logits of the whole test split."""
     n = len(classes)
-    labels, exact = split.labels.to(logits.device), split.exact.to(logits.device)
+    labels = split.labels.to(logits.device)
     per_class = multiclass_accuracy(logits, labels, n, average=None)
     results = {
         "test_images": len(labels),
@@ -50,10 +51,6 @@ def test_results(logits: torch.Tensor, logits_tta: torch.Tensor, split: Split, c
         "per_class_acc": {c: round(a.item(), 6) for c, a in zip(classes, per_class)},
         "confusion_matrix": multiclass_confusion_matrix(logits, labels, n).tolist(),  # rows: true, cols: predicted
     }
-    if 0 < exact.sum() < len(exact):  # a test set mixing lossless and JPEG images (the offline copy)
-        results["exact_images"] = int(exact.sum())
-        results["exact_test_acc"] = _acc(logits[exact], labels[exact], n)
-        results["exact_test_acc_tta"] = _acc(logits_tta[exact], labels[exact], n)
     return results
 
 
@@ -81,6 +78,50 @@ def save_misclassified(pack: dict, classes: list[str], folder: Path) -> None:
         for i, t, p, c in zip(pack["index"], pack["true"], pack["pred"], pack["confidence"])
     ]
     (folder / "misclassified.json").write_text(json.dumps(index, indent=1) + "\n")
+
+
+def write_results(out: Path, rows: list[dict], data, net, logits, logits_tta, recipe, schedule) -> dict:
+    """Rank 0, at the end of a run: results.json, per_class.csv, the plots, and model/ (weights, config with the
+    headline results, misclassified pack, model card)."""
+    from s10 import plots
+
+    results = test_results(logits, logits_tta, data.test, data.classes)
+    results["epochs"] = len(rows)
+    results["peak_lr"] = recipe.max_lr
+    results["train_time_s"] = round(sum(r["epoch_time_s"] for r in rows), 1)
+    results["final_train_acc"] = round(rows[-1]["train_acc"], 6)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    with open(out / "per_class.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "test_images", "test_acc"])
+        counts = torch.bincount(data.test.labels, minlength=len(data.classes)).tolist()
+        for c, n in zip(data.classes, counts):
+            writer.writerow([c, n, f"{results['per_class_acc'][c]:.4f}"])
+    plots.curves(rows, out / "curves.png", schedule)
+    plots.confusion_matrix(results["confusion_matrix"], data.classes, out / "confusion_matrix.png")
+    pack = misclassified(logits, data.test)
+    names = data.classes
+    plots.misclassified_grid(pack["images"][:10], [plots.caption(names[t], names[p], c) for t, p, c in
+                                                  zip(pack["true"][:10], pack["pred"][:10], pack["confidence"][:10])],
+                             out / "misclassified.png")
+
+    model_dir = out / "model"
+    net.config.results = headline(results)
+    net.cpu().to(memory_format=torch.contiguous_format).save_pretrained(model_dir)
+    save_misclassified(pack, names, model_dir)
+    try:
+        from hub.card import write_model_card
+
+        write_model_card(out)
+    except ImportError:
+        pass  # the Space bundle ships without hub/; training always has it
+    return results
+
+
+def headline(results: dict) -> dict:
+    """The figures that travel in model/config.json (the app's header reads them)."""
+    keys = ["test_acc", "test_acc_tta", "test_images", "epochs", "per_class_acc"]
+    return {k: results[k] for k in keys if k in results}
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,11 @@ The LR grows exponentially from `start_lr` to `end_lr` over `num_steps` optimize
 loss is smoothed with a bias-corrected exponential moving average, and the sweep stops early once the smoothed loss
 exceeds `diverge_factor` x its minimum. Model and optimizer are restored to their initial state afterwards.
 
+Under DDP every rank must take the same decisions: `reduce` (`fabric.all_reduce` there) turns each rank's loss into
+the mean over the ranks before it drives the smoothing, the early stop and the suggestion, so every rank sweeps the
+same steps, stops at the same one and suggests the same LR (a rank that stopped alone would leave the others waiting
+in the gradient all-reduce).
+
 Suggestion rule: the LR at the minimum of the smoothed loss, divided by 10 (fastai's "lr_min / 10"). It sits
 safely below the divergence point, and unlike the steepest-slope rule it does not jump around with the noise
 of a short sweep.
@@ -45,6 +50,7 @@ def lr_range_test(
     optimizer: torch.optim.Optimizer,
     batches: Iterable,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
     start_lr: float = 1e-6,
     end_lr: float = 1.0,
     num_steps: int = 100,
@@ -52,7 +58,7 @@ def lr_range_test(
     diverge_factor: float = 4.0,
 ) -> LRFinderResult:
     """Run the sweep. `step_loss(batch)` returns the loss of one batch; `backward` is `fabric.backward` under
-    Fabric. `batches` is cycled if it runs out before `num_steps`."""
+    Fabric; `reduce` averages a loss over the ranks. `batches` is cycled if it runs out before `num_steps`."""
     model_state = copy.deepcopy(model.state_dict())
     optim_state = copy.deepcopy(optimizer.state_dict())
     result = LRFinderResult()
@@ -70,7 +76,7 @@ def lr_range_test(
             optimizer.zero_grad(set_to_none=True)
             backward(loss)
             optimizer.step()
-            value = loss.item()
+            value = reduce(loss.detach()).item()
             avg = beta * avg + (1 - beta) * value
             smoothed = avg / (1 - beta ** (step + 1))
             result.lrs.append(lr)

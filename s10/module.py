@@ -5,7 +5,7 @@ The Fabric loop in fabric_train.py calls these hooks; the module never touches d
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
@@ -16,19 +16,41 @@ from torchmetrics.classification import MulticlassAccuracy
 from s10.model import S10Config, S10Net
 
 
+def setting(default, help: str):
+    """A dataclass field whose one-line help (with units) is also its command-line help."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Recipe:
-    """The run settings of the S10 recipe (the architecture lives in S10Config)."""
+    """The run settings of the S10 recipe (the architecture lives in S10Config). fabric_train.py derives an option
+    from every field (`max_lr` -> `--max-lr`), with the field's default and help."""
 
-    epochs: int = 24  # length of the One Cycle schedule, epochs
-    batch_size: int = 512  # global batch, images per optimizer step (split across devices)
-    max_lr: float = 2.3e-3  # One Cycle peak LR without --find-lr: the LR range test's suggestion on CIFAR-10, batch 512
-    pct_start: float = 5 / 24  # fraction of the run at which the LR peaks (epoch 5 of 24)
-    div_factor: float = 100.0  # start LR = max_lr / div_factor
-    final_div_factor: float = 100.0  # final LR = start LR / final_div_factor
-    weight_decay: float = 1e-4  # Adam's L2 penalty, per step
-    label_smoothing: float = 0.1  # cross-entropy label smoothing (Szegedy et al. 2016)
-    seed: int = 0  # seeds weights, shuffling and augmentation
+    epochs: int = setting(24, "length of the One Cycle schedule, epochs")
+    batch_size: int = setting(512, "global batch, images per optimizer step (split across devices)")
+    max_lr: float = setting(2.3e-3, "One Cycle peak LR when --find-lr is not given (the LR range test's "
+                                    "suggestion on CIFAR-10, batch 512)")
+    pct_start: float = setting(5 / 24, "fraction of the run at which the LR peaks (epoch 5 of 24)")
+    div_factor: float = setting(100.0, "start LR = max_lr / div_factor")
+    final_div_factor: float = setting(100.0, "final LR = start LR / final_div_factor")
+    weight_decay: float = setting(1e-4, "Adam's L2 penalty")
+    label_smoothing: float = setting(0.1, "cross-entropy label smoothing of the training loss (Szegedy et al. 2016)")
+    lr_find_steps: int = setting(100, "optimizer steps of the LR range test (--find-lr)")
+    seed: int = setting(0, "seeds weights, shuffling and augmentation")
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "lr_find_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_lr", "div_factor", "final_div_factor"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.pct_start < 1:
+            raise ValueError(f"pct_start must lie in (0, 1), got {self.pct_start}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be at least 0, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
 
 
 class S10Module(L.LightningModule):
@@ -38,9 +60,11 @@ class S10Module(L.LightningModule):
         self.steps_per_epoch = steps_per_epoch
         self.model = S10Net(arch)
         n = self.model.config.num_classes
-        # Synced across ranks on compute(): each image is counted once, whatever the world size.
-        self.train_loss, self.train_acc = MeanMetric(), MulticlassAccuracy(n, average="micro")
-        self.test_loss, self.test_acc = MeanMetric(), MulticlassAccuracy(n, average="micro")
+        # Synced across ranks on compute(): each image is counted once, whatever the world size. They accumulate on
+        # the device; no input checks, which would read a value back to the host (a GPU sync) at every step.
+        checks = {"average": "micro", "validate_args": False}
+        self.train_loss, self.train_acc = MeanMetric(nan_strategy="disable"), MulticlassAccuracy(n, **checks)
+        self.test_loss, self.test_acc = MeanMetric(nan_strategy="disable"), MulticlassAccuracy(n, **checks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -104,6 +128,3 @@ class S10Module(L.LightningModule):
             optimizer.step()
             scheduler.step()
         return lrs
-
-    def recipe_dict(self) -> dict:
-        return asdict(self.recipe)

@@ -29,7 +29,7 @@ def recipe_lines(config: dict, results: dict) -> list[str]:
     world = config.get("world_size", 1)
     return [
         f"- Data: `{Path(data['source']).name}`: {data['train_images']:,} training images, {data['test_images']:,} "
-        f"test images ({data['exact_test_images']:,} of them lossless originals).",
+        "test images.",
         f"- {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}, batch {r['batch_size']}, Adam (L2 "
         f"{r['weight_decay']:g}), cross-entropy with label smoothing {r['label_smoothing']:g}; One Cycle: start "
         f"{r['max_lr'] / r['div_factor']:.2e}, peak "
@@ -46,7 +46,6 @@ def recipe_lines(config: dict, results: dict) -> list[str]:
         f"- Wall time: {duration(results['train_time_s'])} of training on {'the GPU' if hw['gpu'] else 'the CPU'}: "
         f"the sum of the {results.get('epochs', r['epochs'])} epochs' training loops (the LR range test, the test passes "
         "and the time between a stop and its resume not included).",
-        *(f"- Note: {note}" for note in config.get("record_notes", [])),
     ]
 
 
@@ -56,16 +55,12 @@ def duration(seconds: float) -> str:
 
 
 def results_table(results: dict) -> list[str]:
-    lines = [
+    return [
         "| test set | images | accuracy | with flip TTA |",
         "|---|---:|---:|---:|",
-        f"| all test images | {results['test_images']:,} | {pct(results['test_acc'])} | "
+        f"| CIFAR-10 test split | {results['test_images']:,} | {pct(results['test_acc'])} | "
         f"{pct(results['test_acc_tta'])} |",
     ]
-    if "exact_test_acc" in results:
-        lines.append(f"| lossless originals (`t*.png`) | {results['exact_images']:,} | "
-                     f"{pct(results['exact_test_acc'])} | {pct(results['exact_test_acc_tta'])} |")
-    return lines
 
 
 def example_predictions(model_dir: Path, examples: Path) -> list[tuple[str, str, str]]:
@@ -88,8 +83,8 @@ def example_predictions(model_dir: Path, examples: Path) -> list[tuple[str, str,
 def examples_lines(predictions: list[tuple[str, str, str]]) -> list[str]:
     wrong = [(name, pred) for name, true, pred in predictions if pred != true]
     lines = ["### The app's examples", "",
-             f"The app's {len(predictions)} example images (`space/examples`: the first lossless test image of "
-             f"each class), classified by this model: {len(predictions) - len(wrong)} of {len(predictions)} as "
+             f"The app's {len(predictions)} example images (`space/examples`: the first test image of each "
+             f"class), classified by this model: {len(predictions) - len(wrong)} of {len(predictions)} as "
              "their own class."]
     if wrong:
         lines[-1] += " Not classified as their own class: " + ", ".join(
