@@ -25,10 +25,18 @@ install: $(VENV)/.installed
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-# The offline CIFAR-10 copy (../shared/data); with internet, --data cifar10 downloads it instead.
-$(DATA):
-	mkdir -p .data && tar -xzf $(SHARED)/data/cifar10-imagefolder.tar.gz -C .data/
-data: $(DATA)
+# The offline CIFAR-10 copy (../shared/data); with internet, --data cifar10 downloads it instead. The unpacked
+# folder is tied to the archive by its sha256 (.data/cifar10.sha256): a folder from another archive, such as the
+# copy before 2026-11-25 with JPEG test images, is replaced.
+ARCHIVE := $(SHARED)/data/cifar10-imagefolder.tar.gz
+data:
+	@want=$$(sha256sum $(ARCHIVE) | cut -d' ' -f1) && \
+	if [ -d $(DATA) ] && [ "$$(cat $(DATA).sha256 2>/dev/null)" = "$$want" ]; then \
+		echo "$(DATA) is unpacked from $(ARCHIVE)"; \
+	else \
+		echo "unpacking $(ARCHIVE) into $(DATA)" && rm -rf $(DATA) $(DATA).sha256 && mkdir -p .data && \
+		tar -xzf $(ARCHIVE) -C .data/ && echo "$$want" > $(DATA).sha256; \
+	fi
 
 test: install browser data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -30,9 +30,9 @@ def tiny_data(tmp_path_factory) -> Path:
     return make_tree(tmp_path_factory.mktemp("tiny"))
 
 
-def run_train(*args, timeout=300, launcher=None, env=None) -> subprocess.CompletedProcess:
-    """Run the real entry point, as a user would."""
-    cmd = (launcher or [sys.executable]) + [str(ROOT / "fabric_train.py"), *map(str, args)]
+def run_train(*args, timeout=300, launcher=None, env=None, script=None) -> subprocess.CompletedProcess:
+    """Run the real entry point, as a user would (or `script`, e.g. tests/probe_train.py, which wraps it)."""
+    cmd = (launcher or [sys.executable]) + [str(script or ROOT / "fabric_train.py"), *map(str, args)]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full_env)
 

@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 from s10.data import load_dataset
 from s10.evaluate import predict_logits
 from s10.model import S10Net
-from tests.conftest import CIFAR, ok, run_train
+from tests.conftest import CIFAR, ROOT, ok, run_train
+
+PROBE = ROOT / "tests" / "probe_train.py"
 
 RUN_FILES = ["config.json", "metrics.csv", "train.log", "checkpoints/last.ckpt", "model/model.safetensors",
              "model/config.json"]
@@ -61,11 +63,85 @@ def test_switched_off_callbacks_are_not_called(tiny_data, tmp_path):
     assert (run / "model" / "model.safetensors").is_file()
 
 
-def test_bf16_mixed_on_cpu(tiny_data, tmp_path):
+def probe(run: Path, rank: int = 0) -> dict:
+    return json.loads((run / f"probe-rank{rank}.json").read_text())
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", "bfloat16"), ("32-true", "float32")])
+def test_the_steps_compute_in_the_precision_asked_for(tiny_data, tmp_path, devices, precision, dtype):
+    """The dtype of the first convolution's output, recorded inside training_step and validation_step on every
+    rank: the arithmetic the flag promises, on one process and on two."""
     run = tmp_path / "run"
-    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--precision", "bf16-mixed", "--no-checkpoint"))
-    assert json.loads((run / "config.json").read_text())["args"]["precision"] == "bf16-mixed"
-    assert len(metrics(run)) == 2
+    ok(run_train("--accelerator", "cpu", "--devices", devices, "--data", tiny_data, "--out", run, *SMOKE,
+                 "--epochs", 1, "--precision", precision, "--no-checkpoint", script=PROBE))
+    assert json.loads((run / "config.json").read_text())["args"]["precision"] == precision
+    for rank in range(devices):
+        assert probe(run, rank)["dtypes"] == {"training_step": [dtype], "validation_step": [dtype]}, rank
+
+
+def test_lr_range_test_on_two_processes_runs_in_lockstep(tiny_data, tmp_path):
+    """The sweep's loss is the mean over the ranks, so both ranks see the same losses (each rank's own batches give
+    different ones), suggest the same peak LR, restore the same weights after the sweep, and end the run with
+    identical parameters."""
+    run = tmp_path / "run"
+    ok(run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", run, *SMOKE, "--epochs", 1,
+                 "--find-lr", "--lr-find-steps", 30, "--precision", "32-true", "--no-checkpoint", script=PROBE))
+    ranks = [probe(run, 0), probe(run, 1)]
+    assert ranks[0]["lr_sweep"] == ranks[1]["lr_sweep"] and len(ranks[0]["lr_sweep"]["losses"]) > 5
+    assert ranks[0]["lr_suggestion"] == ranks[1]["lr_suggestion"]
+    assert json.loads((run / "config.json").read_text())["recipe"]["max_lr"] == ranks[0]["lr_suggestion"]
+    assert ranks[0]["after_lr_find"] == ranks[1]["after_lr_find"]
+    a, b = load_file(run / "probe-rank0.safetensors"), load_file(run / "probe-rank1.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "LR range test: " in (run / "train.log").read_text()
+
+
+@pytest.mark.parametrize("device, cuda_native_bf16, cpu_flags, expected", [
+    ("cuda", True, set(), "bf16-mixed"),  # A100, H100, RTX 30xx and newer
+    ("cuda", False, set(), "16-mixed"),  # T4, V100: bf16 only emulated
+    ("cpu", False, {"avx2", "avx512f", "avx512_bf16"}, "bf16-mixed"),  # Zen 4, Cooper Lake
+    ("cpu", False, {"avx2", "amx_bf16", "amx_tile"}, "bf16-mixed"),  # Sapphire Rapids and newer
+    ("cpu", False, {"avx2", "avx512f"}, "32-true"),  # AVX-512 without bf16: autocast would be many times slower
+    ("cpu", False, set(), "32-true"),
+    ("mps", False, set(), "32-true"),
+])
+def test_default_precision_follows_native_support(monkeypatch, device, cuda_native_bf16, cpu_flags, expected):
+    import fabric_train
+
+    asked = {}
+
+    def is_bf16_supported(including_emulation=True):
+        asked["including_emulation"] = including_emulation
+        return cuda_native_bf16 or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(fabric_train, "cpu_flags", lambda: cpu_flags)
+    assert fabric_train.default_precision(device) == expected
+    if device == "cuda":
+        assert asked == {"including_emulation": False}
+
+
+def test_default_precision_on_this_machine(tiny_data, tmp_path):
+    """No --precision: the run records what this CPU gets (bf16-mixed with AVX512-BF16 or AMX, else 32-true)."""
+    import fabric_train
+
+    run = tmp_path / "run"
+    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--epochs", 1, "--no-checkpoint", script=PROBE))
+    native = bool(fabric_train.cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    config = json.loads((run / "config.json").read_text())
+    assert config["args"]["precision"] == ("bf16-mixed" if native else "32-true")
+    assert probe(run)["dtypes"]["training_step"] == ["bfloat16" if native else "float32"]
+
+
+def test_compile_smoke_run_keeps_plain_weight_names(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--epochs", 1, "--compile", "--precision", "32-true",
+                 "--no-checkpoint"))
+    weights = load_file(run / "model" / "model.safetensors")
+    assert set(weights) == set(S10Net().state_dict())  # no "_orig_mod." prefixes
+    assert json.loads((run / "results.json").read_text())["test_acc"] == pytest.approx(recount(run, tiny_data),
+                                                                                       abs=1e-6)
 
 
 @pytest.mark.parametrize("launcher", ["python", "fabric run"])
@@ -85,12 +161,15 @@ def test_two_processes_count_every_test_image_once(tiny_data, tmp_path, launcher
 
 
 def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
+    """On two processes, each drawing its own augmentation: stopped after epoch 1 and resumed, the run ends with the
+    weights of a run that was never stopped."""
     full, parts = tmp_path / "full", tmp_path / "parts"
-    ok(run_train("--data", tiny_data, "--out", full, *SMOKE))
-    ok(run_train("--data", tiny_data, "--out", parts, *SMOKE, "--stop-after-epoch", 1))
+    two = ["--accelerator", "cpu", "--devices", 2, *SMOKE]
+    ok(run_train("--data", tiny_data, "--out", full, *two))
+    ok(run_train("--data", tiny_data, "--out", parts, *two, "--stop-after-epoch", 1))
     assert [int(r["epoch"]) for r in metrics(parts)] == [1]
     assert not (parts / "model").exists()
-    ok(run_train("--data", tiny_data, "--out", parts, *SMOKE, "--resume"))
+    ok(run_train("--data", tiny_data, "--out", parts, *two, "--resume"))
     assert [int(r["epoch"]) for r in metrics(parts)] == [1, 2]
     a, b = load_file(full / "model" / "model.safetensors"), load_file(parts / "model" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -133,17 +212,23 @@ def test_resume_restores_the_metrics_from_the_checkpoint(tiny_data, tmp_path):
     (["--data", "{tiny}", "--batch-size", "x"], "invalid int value"),
     (["--data", "{tiny}", "--accelerator", "cpu", "--devices", "2", "--batch-size", "15"], "not divisible"),
     (["--data", "{tiny}", "--resume"], "no checkpoint"),
+    (["--data", "{tiny}", "--max-lr", "-1"], "--max-lr must be positive"),
+    (["--data", "{tiny}", "--max-lr", "0.1", "--find-lr"], "not allowed with argument"),
+    (["--data", "{tiny}", "--label-smoothing", "1.5"], "--label-smoothing"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tiny_data, tmp_path, args, message):
+def test_bad_input_is_one_line_and_exit_2(tiny_data, tmp_path, capfd, args, message):
+    """In process (the same cli() the script runs), with every byte written to stdout and stderr captured."""
+    import fabric_train
     from tests.conftest import make_tree
 
     differ = make_tree(tmp_path / "differ", n_train=2, n_test=1)
     shutil.move(differ / "test" / "ship", differ / "test" / "boat")
     args = [a.format(tmp=tmp_path, tiny=tiny_data, differ=differ) for a in args]
-    proc = run_train(*args, "--out", tmp_path / "run", "--smoke", "--no-progress-bar", timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    code = fabric_train.cli([*args, "--out", str(tmp_path / "run"), "--smoke", "--no-progress-bar"])
+    out, err = capfd.readouterr()
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err and not out.strip(), err
 
 
 def test_cifar10_without_network_or_cache(tmp_path, monkeypatch, capsys):
