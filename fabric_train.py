@@ -242,7 +242,7 @@ def find_lr(fabric, model, module, train, recipe, out: Path) -> float:
     from s10.data import augmented_batches
     from s10.lr_finder import SUGGESTION_RULE, lr_range_test
 
-    cfg = module.model.config
+    cfg, t0 = module.model.config, time.perf_counter()
     epochs = (augmented_batches(train, recipe.batch_size, fabric.global_rank, fabric.world_size, recipe.seed,
                                 -1 - e, cfg.mean, cfg.std) for e in itertools.count())  # epochs -1, -2, ...
     batches = list(itertools.islice(itertools.chain.from_iterable(epochs), recipe.lr_find_steps))
@@ -258,7 +258,8 @@ def find_lr(fabric, model, module, train, recipe, out: Path) -> float:
     if fabric.is_global_zero:
         found.write_csv(out / "lr_finder.csv")
         plots.lr_finder(found, out / "lr_finder.png", SUGGESTION_RULE)
-    log.info(f"LR range test: {len(found.lrs)} steps, suggested peak LR {found.suggestion:.3e} ({SUGGESTION_RULE})")
+    log.info(f"LR range test: {len(found.lrs)} steps in {time.perf_counter() - t0:.0f} s, suggested peak LR "
+             f"{found.suggestion:.3e} ({SUGGESTION_RULE})")
     return found.suggestion
 
 
