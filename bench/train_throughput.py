@@ -1,24 +1,45 @@
-"""Training throughput: our on-device pipeline and Fabric loop against a plain PyTorch baseline, same process.
+"""Training throughput: our loop against a plain DataLoader loop, per precision, in one process; FLOPs and the
+fraction of the device's peak.
 
-    python bench/train_throughput.py --data .data/cifar10 [--batch-size 512] [--steps 6] [--rounds 2]
+    python bench/train_throughput.py --data .data/cifar10                       # 32-true and bf16-mixed
+    python bench/train_throughput.py --data .data/cifar10 --precision bf16-mixed --compile --steps 20
 
-Baseline, the way most S10 notebooks do it: a DataLoader (2 workers) over PIL images with torchvision per-sample
-transforms (RandomCrop 32 with reflect padding 4, horizontal flip, ToTensor, Normalize, an 8x8 erase), and a plain
-PyTorch training loop. Ours: the uint8 data set on the device, `s10.data.augment` on whole batches, and the
-LightningModule's training_step run by Fabric. Both train the same S10 net (channels_last, fp32 on a CPU, Adam),
-at the same batch size. Prints (a) augmented batches/s, ours / baseline, and (b) training images/s, ours / baseline.
+Ours: `fabric_train.train_epoch` itself (the uint8 data set on the device, `s10.data.augment` on whole batches, the
+LightningModule's training_step under Fabric's autocast). Baseline, the way most S10 notebooks train: a DataLoader
+(2 workers) over PIL images with torchvision's per-sample transforms (reflect-pad 4 + RandomCrop 32, flip, ToTensor,
+Normalize, an 8x8 erase) and a plain PyTorch loop under `torch.autocast` for the same precision. Both train the same
+S10 net (channels_last, Adam, batch 512); rounds alternate between them and the median is reported.
 
-Measured on this 2-core CPU (release run paused): see README "Speed".
+Prints, per precision: images/s of each and their ratio; FLOPs per training image (forward + backward, counted by
+torch.utils.flop_counter, a multiply-add = 2 FLOPs); achieved TFLOP/s and the fraction of the device's peak; and
+bf16-mixed against 32-true. The peak: on a GPU, from a table of dense tensor-core figures by device name; on a CPU,
+cores x clock x FLOPs per cycle, with FLOPs per cycle = 2 FMA pipes x (SIMD datapath / 32 bits) x 2 (a multiply-add),
+x 2 for bf16 with AVX512-BF16 (a pair of bf16 products per fp32 lane). The datapath is 512 bits with AVX-512, except
+on AMD Zen 4 (family 25), which runs AVX-512 on 256-bit units; 256 bits with AVX2. AMX tiles are not counted.
+
+Measured figures and the hardware are in the README ("Speed").
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Dense peak TFLOP/s by GPU name fragment: (32-true as run, i.e. TF32 tensor cores where cuDNN uses them, bf16/fp16).
+GPU_PEAK_TFLOPS = {
+    "H200": (494.7, 989.4), "H100": (494.7, 989.4), "A100": (156.0, 312.0), "L40S": (183.0, 362.0),
+    "L4": (60.0, 121.0), "A10": (62.5, 125.0), "RTX 4090": (82.6, 165.2), "RTX 3090": (35.6, 71.0),
+    "V100": (15.7, 125.0), "T4": (8.1, 65.0),
+}
 
 
 class Cutout:
@@ -59,97 +80,163 @@ def baseline_loader(split, mean, std, batch_size):
                                        persistent_workers=True)
 
 
-def timed_batches(iterator, n: int) -> float:
-    next(iterator)  # warm-up: worker start-up and first allocation are not steady state
-    t = time.perf_counter()
-    for _ in range(n):
-        next(iterator)
-    return n / (time.perf_counter() - t)
+# -- FLOPs and peak --------------------------------------------------------------------------------------------------
+
+
+def training_flops_per_image(batch: int = 8) -> float:
+    """Forward + backward FLOPs of one S10 training image (32x32)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from s10.model import S10Net
+
+    net = S10Net()
+    x = torch.randn(batch, 3, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(net(x), torch.zeros(batch, dtype=torch.int64)).backward()
+    return counter.get_total_flops() / batch
+
+
+def cpu_info() -> dict:
+    info = {"model": "unknown", "flags": set(), "mhz": None, "vendor": "", "family": None}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (s.strip() for s in line.partition(":"))
+            if key == "model name":
+                info["model"] = value
+            elif key == "flags":
+                info["flags"] = set(value.split())
+            elif key == "cpu MHz" and info["mhz"] is None:
+                info["mhz"] = float(value)
+            elif key == "vendor_id":
+                info["vendor"] = value
+            elif key == "cpu family" and info["family"] is None:
+                info["family"] = int(value)
+    except OSError:
+        pass
+    return info
+
+
+def cpu_peak_tflops(precision: str, info: dict, cores: int, ghz: float) -> tuple[float, str]:
+    flags = info["flags"]
+    if "avx512f" in flags:
+        width = 256 if info["vendor"] == "AuthenticAMD" and info["family"] == 25 else 512
+    else:
+        width = 256 if "avx2" in flags else 128
+    per_cycle = 2 * (width // 32) * 2
+    if precision == "bf16-mixed" and flags & {"avx512_bf16", "amx_bf16"}:
+        per_cycle *= 2
+    rule = f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOPs/cycle ({width}-bit datapath, 2 FMA pipes)"
+    return cores * ghz * per_cycle / 1e3, rule
+
+
+def gpu_peak_tflops(precision: str, name: str) -> tuple[float | None, str]:
+    for fragment, (fp32, half) in GPU_PEAK_TFLOPS.items():
+        if fragment in name:
+            return (fp32 if precision == "32-true" else half), f"{name}: table entry '{fragment}'"
+    return None, f"{name}: not in the table"
+
+
+# -- the two loops ---------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
     from lightning.fabric import Fabric
 
-    from s10.data import augment, epoch_generator, load_dataset, train_batches
+    import fabric_train
+    from s10.data import load_dataset
     from s10.model import CIFAR10_MEAN, CIFAR10_STD, S10Net
     from s10.module import Recipe, S10Module
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=".data/cifar10")
+    p.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"], choices=fabric_train.PRECISIONS)
+    p.add_argument("--compile", action="store_true", help="torch.compile both networks (compilation not timed)")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--steps", type=int, default=6, help="timed training steps per loop and round")
-    p.add_argument("--pipeline-batches", type=int, default=30)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--cpu-ghz", type=float, help="clock for the CPU peak (default: /proc/cpuinfo's cpu MHz)")
     args = p.parse_args()
     torch.manual_seed(0)
     data = load_dataset(args.data)
-    train = data.train
-    bs = args.batch_size
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {bs}")
+    bs, steps = args.batch_size, args.steps
+    accelerator = args.accelerator if args.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    info = cpu_info()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ghz = args.cpu_ghz or (info["mhz"] or 0) / 1e3
+    device_name = torch.cuda.get_device_name(0) if accelerator == "cuda" else f"CPU {info['model']}"
+    print(f"{device_name}; torch {torch.__version__}, {torch.get_num_threads()} threads, batch {bs}, "
+          f"{steps} steps x {args.rounds} rounds, compile {args.compile}")
+    if accelerator == "cpu":
+        print(f"CPU flags: avx2 {'avx2' in info['flags']}, avx512f {'avx512f' in info['flags']}, "
+              f"avx512_bf16 {'avx512_bf16' in info['flags']}, amx_bf16 {'amx_bf16' in info['flags']}; "
+              f"{cores} cores at {ghz:.2f} GHz")
+    flops = training_flops_per_image()
+    print(f"FLOPs per training image (forward + backward): {flops / 1e9:.3f} GFLOP")
 
-    # (a) the data pipeline alone
-    loader = baseline_loader(train, CIFAR10_MEAN, CIFAR10_STD, bs)
-    ours_rates, base_rates = [], []
-    for r in range(args.rounds):
-        g = epoch_generator(0, r, "cpu")
-        ours = (augment(x, CIFAR10_MEAN, CIFAR10_STD, g) for x, _ in train_batches(train, bs, 0, 1, g))
-        ours_rates.append(timed_batches(ours, args.pipeline_batches))
-        base_rates.append(timed_batches(iter(loader), args.pipeline_batches))
-    a = np.median(ours_rates) / np.median(base_rates)
-    print(f"(a) augmented batches/s: ours {np.median(ours_rates):.1f}, baseline {np.median(base_rates):.1f} "
-          f"-> ratio {a:.1f}x")
-
-    # (b) the whole training step
-    fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
-    module = S10Module(recipe=Recipe(batch_size=bs), steps_per_epoch=1000).to(memory_format=torch.channels_last)
-    opt_config = module.configure_optimizers()
-    model, optimizer = fabric.setup(module, opt_config["optimizer"])
-    scheduler = opt_config["lr_scheduler"]["scheduler"]
-    plain = S10Net().to(memory_format=torch.channels_last)
-    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3, weight_decay=1e-4)
-    plain_sched = torch.optim.lr_scheduler.OneCycleLR(plain_opt, max_lr=2e-3, total_steps=1000)
+    loader = baseline_loader(data.train, CIFAR10_MEAN, CIFAR10_STD, bs)
     base_iter = iter(loader)
+    ours_rate = {}
+    for precision in args.precision:
+        fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)
+        if accelerator == "cuda":
+            torch.backends.cudnn.benchmark = True
+        train = data.train.to(fabric.device)
+        recipe = Recipe(epochs=1000, batch_size=bs)  # a long schedule: the benchmark never runs off its end
+        module = S10Module(recipe=recipe, steps_per_epoch=steps).to(memory_format=torch.channels_last)
+        if args.compile:
+            module.model.compile()
+        opt_config = module.configure_optimizers()
+        model, optimizer = fabric.setup(module, opt_config["optimizer"])
+        scheduler = opt_config["lr_scheduler"]["scheduler"]
+        plain = fabric.to_device(S10Net()).to(memory_format=torch.channels_last)
+        if args.compile:
+            plain.compile()
+        plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-4, weight_decay=1e-4)
+        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        scaler = torch.amp.GradScaler(enabled=precision == "16-mixed")
+        subset = train.subset(torch.arange(steps * bs, device=fabric.device))
+        warm = train.subset(torch.arange(2 * bs, device=fabric.device))
 
-    def ours_steps(n, r):
-        g = epoch_generator(1, r, "cpu")
-        batches = train_batches(train, bs, 0, 1, g)
-        model.train()
-        t = None
-        for i in range(n + 1):
-            if i == 1:
-                t = time.perf_counter()
-            x, y = next(batches)
-            x = augment(x, CIFAR10_MEAN, CIFAR10_STD, g).contiguous(memory_format=torch.channels_last)
-            loss = model.training_step((x, y), i)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            optimizer.step()
-            scheduler.step()
-        return n * bs / (time.perf_counter() - t)
+        def ours(part, epoch):
+            return len(part) / fabric_train.train_epoch(fabric, model, optimizer, scheduler, part, recipe, epoch)[1]
 
-    def baseline_steps(n):
-        plain.train()
-        t = None
-        for i in range(n + 1):
-            if i == 1:
-                t = time.perf_counter()
-            x, y = next(base_iter)
-            x = x.contiguous(memory_format=torch.channels_last)
-            loss = torch.nn.functional.cross_entropy(plain(x), y, label_smoothing=0.1)
-            plain_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            plain_opt.step()
-            plain_sched.step()
-        return n * bs / (time.perf_counter() - t)
+        def baseline(n):
+            plain.train()
+            t = time.perf_counter()
+            for _ in range(n):
+                x, y = next(base_iter)
+                x, y = fabric.to_device((x.contiguous(memory_format=torch.channels_last), y))
+                with torch.autocast(fabric.device.type, dtype=dtype, enabled=dtype is not None):
+                    loss = torch.nn.functional.cross_entropy(plain(x).float(), y, label_smoothing=0.1)
+                plain_opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(plain_opt)
+                scaler.update()
+            if fabric.device.type == "cuda":
+                torch.cuda.synchronize()
+            return n * bs / (time.perf_counter() - t)
 
-    ours_rates, base_rates = [], []
-    for r in range(args.rounds):
-        base_rates.append(baseline_steps(args.steps))
-        ours_rates.append(ours_steps(args.steps, r))
-        print(f"    round {r + 1}: ours {ours_rates[-1]:.1f} img/s, baseline {base_rates[-1]:.1f} img/s")
-    b = np.median(ours_rates) / np.median(base_rates)
-    print(f"(b) training images/s: ours {np.median(ours_rates):.1f}, baseline {np.median(base_rates):.1f} "
-          f"-> ratio {b:.2f}")
+        ours(warm, 0), baseline(2)  # warm-up: allocation, oneDNN/cuDNN kernel choice, compilation
+        rates = {"ours": [], "baseline": []}
+        for r in range(args.rounds):
+            rates["baseline"].append(baseline(steps))
+            rates["ours"].append(ours(subset, r + 1))
+            print(f"  {precision} round {r + 1}: ours {rates['ours'][-1]:.1f} img/s, "
+                  f"baseline {rates['baseline'][-1]:.1f} img/s")
+        o, b = np.median(rates["ours"]), np.median(rates["baseline"])
+        ours_rate[precision] = o
+        if accelerator == "cpu":
+            peak, rule = cpu_peak_tflops(precision, info, cores, ghz)
+        else:
+            peak, rule = gpu_peak_tflops(precision, device_name)
+        achieved = o * flops / 1e12
+        share = (f"{100 * achieved / peak:.1f} % of peak {peak:.2f} TFLOP/s ({rule})" if peak
+                 else f"peak unknown ({rule})")
+        print(f"{precision}: ours {o:.1f} img/s, baseline {b:.1f} img/s -> ratio {o / b:.2f}; "
+              f"ours {achieved:.3f} TFLOP/s = {share}")
+    if "32-true" in ours_rate and "bf16-mixed" in ours_rate:
+        print(f"bf16-mixed / 32-true (ours): {ours_rate['bf16-mixed'] / ours_rate['32-true']:.2f}x")
 
 
 if __name__ == "__main__":

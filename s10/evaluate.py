@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import save_file
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
 
-from s10.data import Split, normalize
+from s10.data import Split
+from s10.model import normalize
 
 PACK_SIZE = 100  # misclassified images shipped with the model for the app's gallery
 

@@ -78,21 +78,30 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGB
 
 
-def square_resize(im: Image.Image, size: int = 32) -> Image.Image:
-    """Centre square crop, then an antialiased (Lanczos) resize to size x size."""
+def centre_square(im: Image.Image) -> tuple[int, int, int, int]:
+    """The box (left, top, right, bottom) of the largest centred square of an image."""
     w, h = im.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
-    return im.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side),
-                     reducing_gap=3.0)
+    return left, top, left + side, top + side
+
+
+def square_resize(im: Image.Image, size: int = 32) -> Image.Image:
+    """Centre square crop, then an antialiased (Lanczos) resize to size x size: the picture the network sees."""
+    return im.resize((size, size), Image.Resampling.LANCZOS, box=centre_square(im), reducing_gap=3.0)
 
 
 def to_input(im: Image.Image, mean, std, size: int = 32) -> torch.Tensor:
     """RGB PIL image -> normalised float tensor (1, 3, size, size)."""
-    a = torch.from_numpy(np.asarray(square_resize(im, size), dtype=np.float32) / 255).permute(2, 0, 1)
-    mean = torch.tensor(mean).view(3, 1, 1)
-    std = torch.tensor(std).view(3, 1, 1)
-    return ((a - mean) / std).unsqueeze(0)
+    from s10.model import normalize
+
+    pixels = torch.from_numpy(np.array(square_resize(im, size), dtype=np.uint8)).permute(2, 0, 1)[None]
+    return normalize(pixels, mean, std)
+
+
+def caption(true: str, pred: str, confidence: float) -> str:
+    """How a misclassified image is captioned everywhere (README grid, model card, app)."""
+    return f"true: {true} / pred: {pred} ({confidence:.2f})"
 
 
 def check_top_k(k) -> int:

@@ -9,8 +9,7 @@ This module imports nothing from training (no Lightning, no data sets), so the S
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -22,6 +21,16 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of the training imag
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)  # per-channel std of the training images, in [0, 1]
 # Modules whose output is a spatial feature map, in forward order: the layers a CAM can be taken at.
 CAM_LAYERS = ["prep", "layer1", "layer1.res", "layer2", "layer3", "layer3.res"]
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """Images (B, 3, H, W), uint8 in 0..255 or float in [0, 1] -> the normalised float32 input the network expects.
+    The one normalisation of the project: training, evaluation, the app and the predict command all use it."""
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    if images.dtype == torch.uint8:  # a fresh float copy, scaled in place: ~10x faster than out of place on a CPU
+        return images.float().mul_(1 / (255 * std)).sub_(mean / std)
+    return (images.float() - mean) / std
 
 
 @dataclass
@@ -113,10 +122,7 @@ class S10Net(
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float images (B, 3, H, W) -> the normalised float input the network expects."""
-        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-        mean = torch.tensor(self.config.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.config.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return normalize(images, self.config.mean, self.config.std)
 
     # -- Hub round trip: safetensors only, strict, eval mode ----------------------------------------------------
 
@@ -149,12 +155,3 @@ class S10Net(
             raise ValueError(f"{model_id}: weights do not match the config: {err}") from None
         return model.eval()
 
-
-def load_config(folder: str | Path) -> S10Config:
-    """Read a model folder's config.json strictly (the mixin writes {"config": {...}})."""
-    data = json.loads((Path(folder) / "config.json").read_text())
-    return S10Config.from_dict(data.get("config", data))
-
-
-def config_dict(config: S10Config) -> dict:
-    return asdict(config)

@@ -98,5 +98,4 @@ def misclassified_grid(images, captions: list[str], path: str | Path, columns: i
     _save(fig, path)
 
 
-def caption(true: str, pred: str, confidence: float) -> str:
-    return f"true: {true} / pred: {pred} ({confidence:.2f})"
+from s10.inference import caption  # noqa: E402,F401 (the one caption, re-exported for the plots' users)

@@ -44,8 +44,8 @@ def recipe_lines(config: dict, results: dict) -> list[str]:
         + "".join(f", resumed at epoch {res['from_epoch']} with `{(res.get('git_commit') or 'unknown')[:10]}`"
                   for res in config.get("resumes", [])) + ".",
         f"- Wall time: {duration(results['train_time_s'])} of training on {'the GPU' if hw['gpu'] else 'the CPU'}: "
-        f"the sum of the {results.get('epochs', r['epochs'])} epochs' training loops (the LR range test, the test passes "
-        "and the time between a stop and its resume not included).",
+        f"the sum of the {results.get('epochs', r['epochs'])} epochs' training loops (the LR range test, the test "
+        "passes and the time between a stop and its resume not included).",
     ]
 
 
@@ -118,7 +118,9 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
                      f"{pct(float(row['train_acc']))} | {float(row['test_loss']):.4f} | "
                      f"{pct(float(row['test_acc']))} | {float(row['epoch_time_s']):.0f} | "
                      f"{float(row['images_per_s']):.0f} |")
-    lines += ["", f"The full log: [`train.log`]({img('train.log')}).", "", "### Curves", "",
+    lines += ["", f"Final evaluation of the published weights (float32, all {results['test_images']:,} test images): "
+              f"**{pct(results['test_acc'])}**, {pct(results['test_acc_tta'])} with flip TTA. The full log: "
+              f"[`train.log`]({img('train.log')}).", "", "### Curves", "",
               f"![loss, accuracy and learning rate per epoch]({img('curves.png')})", ""]
     if (run / "lr_finder.png").is_file():
         lines += [f"![LR range test]({img('lr_finder.png')})", ""]

@@ -1,12 +1,14 @@
-"""S10 CIFAR-10 classifier: top-k predictions, GradCAM and the model's mistakes (a Gradio app for a HF Space).
+"""S10 CIFAR-10 classifier: top-k predictions, class activation maps and the model's mistakes (a Gradio app for a HF
+Space).
 
     python space/app.py                        # from the repo: the released model (or S10_MODEL), port 7860
     S10_MODEL=user/repo python space/app.py    # a Hub model repo (downloaded once into the HF cache)
     S10_MODEL=runs/s10/model python app.py     # any local model folder
 
 The model comes from S10_MODEL, else from the repo id the Space bundle wrote (project.json), else from the released
-model folder (release/model), which is also the fallback when the Hub cannot be reached. Importing this module builds
-the page but starts no server; the port comes from GRADIO_SERVER_PORT as usual.
+model folder (release/model), which is also the fallback when the Hub cannot be reached: one connection attempt of a
+few seconds decides, then the HF cache is tried, so a Space without network starts in seconds. Importing this module
+builds the page but starts no server; the port comes from GRADIO_SERVER_PORT as usual.
 """
 
 from __future__ import annotations
@@ -25,15 +27,27 @@ sys.path.insert(0, str(ROOT))
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from s10.cam import freeze, grad_cams, overlay  # noqa: E402
+from s10.cam import (  # noqa: E402
+    CAM_METHODS,
+    DEFAULT_LAYER,
+    DEFAULT_METHOD,
+    CamError,
+    class_maps,
+    freeze,
+    overlay,
+    shown,
+)
 from s10.inference import (  # noqa: E402
     MAX_TOP_K,
     ImageError,
+    caption,
     check_top_k,
     load_image,
     load_misclassified,
     probabilities,
+    square_resize,
     to_input,
     top_k,
 )
@@ -42,6 +56,8 @@ from s10.model import S10Net  # noqa: E402
 log = logging.getLogger("s10.app")
 RELEASED = ROOT / "release" / "model"
 EXAMPLES = sorted((HERE / "examples").glob("*.png"))
+TOP_CLASSES = "top classes"  # the CAM target that means "the top n classes", beside the class names
+HUB_PROBE_TIMEOUT_S = 3.0
 
 
 class StartupError(RuntimeError):
@@ -53,16 +69,38 @@ def project_settings() -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hub cannot be reached (offline mode, or one failed TCP connection), or None if it can. One attempt with
+    a short timeout, instead of huggingface_hub's five retries with backoff (about 25 s without a network)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return None
+    except OSError as err:
+        return f"{url.hostname}: {err}"
+
+
 def resolve_model(requested: str | None = None, released: Path = RELEASED) -> tuple[S10Net, Path | None, str]:
     """Load the model once: (model, local folder with its misclassified pack if any, where it came from)."""
     requested = requested or os.environ.get("S10_MODEL") or project_settings().get("model_repo")
     if requested and requested.startswith(("/", ".", "~")) and not Path(requested).expanduser().is_dir():
         log.warning("model folder %s does not exist; falling back to %s", requested, released)
+    elif requested and Path(requested).is_dir():
+        return S10Net.from_pretrained(requested), Path(requested), requested
     elif requested:
+        offline = hub_unreachable()
+        if offline:
+            log.warning("the Hub cannot be reached (%s); trying the local HF cache for %s", offline, requested)
         try:
-            model = S10Net.from_pretrained(requested)
-            folder = Path(requested) if Path(requested).is_dir() else _snapshot(requested)
-            return model, folder, requested
+            model = S10Net.from_pretrained(requested, local_files_only=bool(offline))
+            return model, _snapshot(requested, local_only=bool(offline)), requested
         except Exception as err:  # unreachable Hub, missing repo, bad weights: fall back, say so
             log.warning("could not load model %r (%s: %s); falling back to %s", requested, type(err).__name__,
                         str(err).splitlines()[0] if str(err) else "", released)
@@ -75,12 +113,13 @@ def resolve_model(requested: str | None = None, released: Path = RELEASED) -> tu
         raise StartupError(f"no loadable model: {tried}{released} does not load: {err}") from None
 
 
-def _snapshot(repo_id: str) -> Path | None:
+def _snapshot(repo_id: str, local_only: bool = False) -> Path | None:
     """The local folder of a downloaded repo, for the misclassified pack (None if it is not there)."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["misclassified.*", "config.json"]))
+        return Path(snapshot_download(repo_id, allow_patterns=["misclassified.*", "config.json"],
+                                      local_files_only=local_only))
     except Exception:
         return None
 
@@ -97,7 +136,10 @@ try:
     PACK_IMAGES, PACK = load_misclassified(MODEL_FOLDER)
 except Exception:  # a model folder without the pack still classifies and explains
     PACK_IMAGES, PACK = torch.zeros(0, 3, 32, 32, dtype=torch.uint8), []
-DEFAULT_LAYER = "layer3" if "layer3" in CONFIG.cam_layers else CONFIG.cam_layers[-1]  # the last conv stage
+LAYER = DEFAULT_LAYER if DEFAULT_LAYER in CONFIG.cam_layers else CONFIG.cam_layers[-1]
+# Below this top probability a picture looks unlike 95 % of the test images the model gets right (the training run
+# measures it; a model without it gets no hint).
+LOW_CONFIDENCE = (CONFIG.results or {}).get("low_confidence_threshold")
 _in_flight = 0
 _in_flight_lock = threading.Lock()
 
@@ -105,80 +147,96 @@ _in_flight_lock = threading.Lock()
 # -- pure functions: what the page and the API call ------------------------------------------------------------------
 
 
+def _picture(image) -> Image.Image:
+    notes = []
+    picture = load_image(image, notes=notes)
+    for note in notes:
+        gr.Warning(note)
+    return picture
+
+
+def _check_cam(method: str, layer: str) -> None:
+    if layer not in CONFIG.cam_layers:
+        raise CamError(f"unknown layer {layer!r}; choose one of {', '.join(CONFIG.cam_layers)}")
+    if method not in CAM_METHODS:
+        raise CamError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+
+
 def predict(image, k: int = 3) -> dict[str, float]:
     """Top-k class probabilities of an uploaded image, most likely first."""
     try:
         k = check_top_k(k)
-        notes = []
-        x = to_input(load_image(image, notes=notes), CONFIG.mean, CONFIG.std, CONFIG.input_size)
-        for note in notes:
-            gr.Warning(note)
+        x = to_input(_picture(image), CONFIG.mean, CONFIG.std, CONFIG.input_size)
     except ImageError as err:
         raise gr.Error(str(err), print_exception=False) from None
     return dict(top_k(probabilities(MODEL, x), CLASSES, k))
 
 
-def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: str = DEFAULT_LAYER,
-            opacity: float = 0.5):
-    """Top-k probabilities, and with show_cam a GradCAM overlay (at `layer`) for each of the top n_cams classes."""
+def hint(top_probability: float) -> str:
+    """The page's note for a picture the model is unsure about, or "" ."""
+    if LOW_CONFIDENCE is None or top_probability >= LOW_CONFIDENCE:
+        return ""
+    return (f"**The top probability, {top_probability:.2f}, is below {LOW_CONFIDENCE:.2f}**, the level that 95 % of "
+            "the test images the model classifies correctly reach: this picture may show none of the ten classes.")
+
+
+def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: str = LAYER, opacity: float = 0.5,
+            method: str = DEFAULT_METHOD, target: str = TOP_CLASSES):
+    """Top-k probabilities; with show_cam, class activation maps (`method` at `layer`) for the top n_cams classes or
+    for the one class named by `target`; the 32x32 picture the network classifies; the low-confidence hint."""
     global _in_flight
     try:
         k = check_top_k(k)
-        if layer not in CONFIG.cam_layers:
-            raise ImageError(f"unknown layer {layer!r}; choose one of {', '.join(CONFIG.cam_layers)}")
-        notes = []
-        picture = load_image(image, notes=notes)
-        for note in notes:
-            gr.Warning(note)
+        _check_cam(method, layer)
+        if target != TOP_CLASSES and target not in CLASSES:
+            raise CamError(f"unknown target {target!r}; choose {TOP_CLASSES!r} or one of {', '.join(CLASSES)}")
+        picture = _picture(image)
         x = to_input(picture, CONFIG.mean, CONFIG.std, CONFIG.input_size)
-    except ImageError as err:
+    except (ImageError, CamError) as err:
         raise gr.Error(str(err), print_exception=False) from None
     probs = probabilities(MODEL, x)
     ranked = top_k(probs, CLASSES, k)
+    seen = shown(square_resize(picture, CONFIG.input_size))
+    note = hint(ranked[0][1])
     if not show_cam:
-        return dict(ranked), []
-    n = max(0, min(int(n_cams), k))
+        return dict(ranked), [], seen, note
+    index = probs.topk(max(0, min(int(n_cams), k))).indices.tolist() if target == TOP_CLASSES else [
+        CLASSES.index(target)]
     with _in_flight_lock:
         _in_flight += 1
         log.info("cam request start (in flight: %d)", _in_flight)
     try:
-        index = probs.topk(n).indices.tolist()
-        cams = grad_cams(CAM_MODEL, x, layer, index)
-        shown = picture.resize((224, 224), box=_square(picture), resample=3)
-        gallery = [(overlay(shown, cam, opacity), f"{CLASSES[i]} ({probs[i]:.2f})") for i, cam in zip(index, cams)]
+        cams = class_maps(CAM_MODEL, x, layer, index, method)
+        gallery = [(overlay(picture, cam, opacity), f"{CLASSES[i]} ({probs[i]:.2f})") for i, cam in zip(index, cams)]
     finally:
         with _in_flight_lock:
             _in_flight -= 1
-    return dict(ranked), gallery
+    return dict(ranked), gallery, seen, note
 
 
-def _square(im) -> tuple[int, int, int, int]:
-    side = min(im.size)
-    left, top = (im.width - side) // 2, (im.height - side) // 2
-    return left, top, left + side, top + side
-
-
-def misclassified(count: int = 10, with_cam: bool = False, layer: str = DEFAULT_LAYER, opacity: float = 0.5):
-    """The model's most confident mistakes on the test set: image, true / predicted label, confidence."""
-    from PIL import Image
-
+def misclassified(count: int = 10, with_cam: bool = False, layer: str = LAYER, opacity: float = 0.5,
+                  method: str = DEFAULT_METHOD):
+    """The model's most confident mistakes on the test set: image, true / predicted label, confidence. With CAMs,
+    each mistake is explained both ways: the map for its true class, then the map for the predicted one."""
     if not PACK:
         raise gr.Error("this model folder has no misclassified pack", print_exception=False)
-    if layer not in CONFIG.cam_layers:
-        raise gr.Error(f"unknown layer {layer!r}", print_exception=False)
+    try:
+        _check_cam(method, layer)
+    except CamError as err:
+        raise gr.Error(str(err), print_exception=False) from None
     count = max(1, min(int(count), len(PACK)))
-    gallery = []
-    for img, entry in zip(PACK_IMAGES[:count], PACK[:count]):
-        picture = Image.fromarray(img.permute(1, 2, 0).numpy())
-        caption = f"true: {entry['true']} / pred: {entry['pred']} ({entry['confidence']:.2f})"
-        if with_cam:
-            x = to_input(picture, CONFIG.mean, CONFIG.std, CONFIG.input_size)
-            cam = grad_cams(CAM_MODEL, x, layer, [CLASSES.index(entry["pred"])])[0]
-            shown = overlay(picture, cam, opacity)
-        else:
-            shown = picture.resize((224, 224), Image.Resampling.NEAREST)
-        gallery.append((shown, caption))
-    return gallery
+    entries, images = PACK[:count], PACK_IMAGES[:count]
+    pictures = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
+    if not with_cam:
+        return [(shown(p), caption(e["true"], e["pred"], e["confidence"])) for p, e in zip(pictures, entries)]
+    x = torch.cat([to_input(p, CONFIG.mean, CONFIG.std, CONFIG.input_size) for p in pictures])
+    with torch.inference_mode():
+        probs = MODEL(x).softmax(-1)
+    pairs = [(i, side, CLASSES.index(e[key])) for i, e in enumerate(entries)
+             for side, key in (("true", "true"), ("predicted", "pred"))]
+    cams = class_maps(CAM_MODEL, x[[i for i, _, _ in pairs]], layer, [c for _, _, c in pairs], method)
+    return [(overlay(pictures[i], cam, opacity), f"{side}: {CLASSES[c]} ({probs[i, c]:.2f})")
+            for (i, side, c), cam in zip(pairs, cams)]
 
 
 def readable_upload(component: gr.Image) -> gr.Image:
@@ -203,20 +261,20 @@ def readable_upload(component: gr.Image) -> gr.Image:
 
 SETTINGS = project_settings()
 RESULTS = CONFIG.results or {}
-ACCURACY = (f"{100 * RESULTS['test_acc']:.2f} % on the {RESULTS['test_images']:,} CIFAR-10 test images"
-            + (f" ({100 * RESULTS['exact_test_acc']:.2f} % on the {RESULTS['exact_images']:,} lossless originals)"
-               if "exact_test_acc" in RESULTS else "")) if "test_acc" in RESULTS else "not measured"
+ACCURACY = (f"{100 * RESULTS['test_acc']:.2f} % on the {RESULTS['test_images']:,} CIFAR-10 test images "
+            f"({100 * RESULTS['test_acc_tta']:.2f} % with flip TTA)") if "test_acc" in RESULTS else "not measured"
 LINKS = " · ".join(f"[{name}]({url})" for name, url in (
     ("model repo", f"https://huggingface.co/{SETTINGS['model_repo']}" if SETTINGS.get("model_repo") else None),
     ("training code on GitHub", SETTINGS.get("github_url"))) if url)
 
-with gr.Blocks(title="S10 CIFAR-10 classifier with GradCAM") as demo:
+with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps") as demo:
     gr.Markdown(
         f"# S10: a CIFAR-10 ResNet, explained\n"
         f"A 6.6 M-parameter ResNet trained on 32x32 CIFAR-10 images ({', '.join(CLASSES)}). "
         f"Test accuracy: {ACCURACY}. {LINKS}\n\n"
-        "Upload a picture (it is centre-cropped and shrunk to 32x32) or click an example; GradCAM shows where the "
-        "network looked for each of its top classes."
+        "Upload a picture or click an example. The network sees only its centre square, shrunk to 32x32 (shown "
+        "beside it). Class activation maps (torchcam) show where it looked for a class: its top classes, or any "
+        "class you pick."
     )
     with gr.Row():
         with gr.Column():
@@ -224,49 +282,59 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with GradCAM") as demo:
             k = gr.Slider(1, MAX_TOP_K, value=3, step=1, label="Top-k classes")
             run = gr.Button("Classify", variant="primary")
         with gr.Column():
+            seen = gr.Image(label="What the network sees (32x32, enlarged)", height=280, interactive=False,
+                            format="png", elem_id="network-view")
+        with gr.Column():
             label = gr.Label(num_top_classes=MAX_TOP_K, label="Prediction")
+            note = gr.Markdown(elem_id="low-confidence-hint")
     with gr.Group():
-        show_cam = gr.Checkbox(value=False, label="Show GradCAM")
+        show_cam = gr.Checkbox(value=False, label="Show class activation maps")
         with gr.Row(visible=False) as cam_controls:
-            n_cams = gr.Slider(1, MAX_TOP_K, value=3, step=1, label="CAM images (one per top class, at most k)")
-            layer = gr.Dropdown(CONFIG.cam_layers, value=DEFAULT_LAYER, label="Layer")
-            opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="CAM opacity")
-        cam_gallery = gr.Gallery(label="GradCAM", columns=5, height="auto", visible=False, format="png",
-                                 elem_id="cam-gallery")
+            method = gr.Dropdown(list(CAM_METHODS), value=DEFAULT_METHOD, label="Method", elem_id="cam-method")
+            target = gr.Dropdown([TOP_CLASSES, *CLASSES], value=TOP_CLASSES, label="Explain",
+                                 elem_id="cam-target")
+            n_cams = gr.Slider(1, MAX_TOP_K, value=3, step=1, label="Maps for the top classes (at most k)")
+            layer = gr.Dropdown(CONFIG.cam_layers, value=LAYER, label="Layer")
+            opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Map opacity")
+        cam_gallery = gr.Gallery(label="Class activation maps", columns=5, height="auto", visible=False,
+                                 format="png", elem_id="cam-gallery")
     with gr.Group():
         show_mis = gr.Checkbox(value=False, label="Show misclassified test images")
         with gr.Row(visible=False) as mis_controls:
             mis_count = gr.Slider(1, max(1, len(PACK)), value=min(10, max(1, len(PACK))), step=1,
                                   label="How many")
-            mis_cam = gr.Checkbox(value=False, label="Overlay GradCAM (layer and opacity above)")
-        mis_gallery = gr.Gallery(label="Misclassified", columns=5, height="auto", visible=False, format="png",
+            mis_cam = gr.Checkbox(value=False, label="Explain both ways: maps for the true and the predicted class "
+                                                     "(method, layer and opacity above)")
+        mis_gallery = gr.Gallery(label="Misclassified", columns=6, height="auto", visible=False, format="png",
                                  elem_id="misclassified-gallery")
     gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Examples (CIFAR-10 test images, one per class)",
                 examples_per_page=10)
 
-    inputs = [image, k, show_cam, n_cams, layer, opacity]
+    inputs = [image, k, show_cam, n_cams, layer, opacity, method, target]
+    outputs = [label, cam_gallery, seen, note]
 
     def refresh(image, *controls):
         """Re-run on a changed control, quietly doing nothing while there is no image (e.g. after clearing it)."""
-        return explain(image, *controls) if image else (None, [])
+        return explain(image, *controls) if image else (None, [], None, "")
 
-    run.click(explain, inputs, [label, cam_gallery], api_name="explain", concurrency_limit=4)
-    image.change(refresh, inputs, [label, cam_gallery], api_name=False, concurrency_limit=4)
+    run.click(explain, inputs, outputs, api_name="explain", concurrency_limit=4)
+    image.change(refresh, inputs, outputs, api_name=False, concurrency_limit=4)
     for slider in (k, n_cams, opacity):
-        slider.release(refresh, inputs, [label, cam_gallery], api_name=False, concurrency_limit=4)
-    layer.change(refresh, inputs, [label, cam_gallery], api_name=False, concurrency_limit=4)
+        slider.release(refresh, inputs, outputs, api_name=False, concurrency_limit=4)
+    for dropdown in (layer, method, target):
+        dropdown.change(refresh, inputs, outputs, api_name=False, concurrency_limit=4)
     show_cam.change(lambda on: [gr.update(visible=on)] * 2, show_cam, [cam_controls, cam_gallery], api_name=False) \
-        .then(refresh, inputs, [label, cam_gallery], api_name=False, concurrency_limit=4)
+        .then(refresh, inputs, outputs, api_name=False, concurrency_limit=4)
     gr.Button("Top-k only", visible=False).click(predict, [image, k], label, api_name="predict")
 
-    mis_inputs = [mis_count, mis_cam, layer, opacity]
+    mis_inputs = [mis_count, mis_cam, layer, opacity, method]
 
     def refresh_mistakes(on, *controls):
         return misclassified(*controls) if on else []
 
     show_mis.change(lambda on: [gr.update(visible=on)] * 2, show_mis, [mis_controls, mis_gallery], api_name=False) \
         .then(refresh_mistakes, [show_mis, *mis_inputs], mis_gallery, api_name=False)
-    for control in (mis_count.release, mis_cam.change, layer.change, opacity.release):
+    for control in (mis_count.release, mis_cam.change, layer.change, opacity.release, method.change):
         control(refresh_mistakes, [show_mis, *mis_inputs], mis_gallery, api_name=False)
     gr.Button("Gallery", visible=False).click(misclassified, mis_inputs, mis_gallery, api_name="misclassified")
 

@@ -6,13 +6,14 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from s10.cam import freeze, grad_cams
+from s10.cam import CAM_METHODS, CamError, class_maps, freeze
 from s10.inference import ImageError, load_image, to_input, top_k
 from s10.model import CIFAR10_MEAN, CIFAR10_STD, S10Net
 from tests.conftest import CIFAR_NAMES, ROOT, App
@@ -129,31 +130,119 @@ def test_top_k_is_sorted_sums_to_at_most_one_and_has_k_entries():
             top_k(probs, names, bad)
 
 
+RELEASED = ROOT / "release" / "model"
+
+
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return freeze(S10Net())
+    """The released (trained) weights: CAMs of a random network say little."""
+    return freeze(S10Net.from_pretrained(RELEASED))
 
 
-def test_cams_have_the_input_size_values_in_0_1_and_differ_between_layers(model):
-    x = torch.randn(1, 3, 32, 32)
-    cams = {layer: grad_cams(model, x, layer, [1, 4, 7]) for layer in model.config.cam_layers}
-    for cam in cams.values():
-        assert cam.shape == (3, 32, 32) and cam.min() >= 0 and cam.max() <= 1 and cam.max() > 0
-    assert not np.allclose(cams["prep"], cams["layer3"], atol=1e-3)
-    assert not np.allclose(cams["layer1"], cams["layer2"], atol=1e-3)
-
-
-def test_a_cam_leaves_the_model_clean(model):
-    x = torch.randn(1, 3, 32, 32)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    grad_cams(model, x, "prep", [0, 1, 2])
+def assert_clean(model, before):
     for m in model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
-        assert not getattr(m, "_full_backward_hooks", None)
+        assert not getattr(m, "_full_backward_hooks", None) and not getattr(m, "_backward_pre_hooks", None)
     assert not model.training
-    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def example_input(name: str, model) -> torch.Tensor:
+    return to_input(load_image(ROOT / "space" / "examples" / f"{name}.png"), model.config.mean, model.config.std)
+
+
+@pytest.mark.parametrize("method", list(CAM_METHODS))
+def test_each_method_maps_the_input_size_in_0_1_per_class_and_leaves_the_model_clean(model, method):
+    x = example_input("horse", model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cams = class_maps(model, x, "layer1", [7, 4, 3], method)  # horse, deer, cat
+    assert cams.shape == (3, 32, 32) and cams.dtype == np.float32
+    assert cams.min() >= 0 and cams.max() <= 1 and cams.max() > 0.5
+    assert not np.allclose(cams[0], cams[1], atol=1e-2) and not np.allclose(cams[0], cams[2], atol=1e-2)
+    assert_clean(model, before)
+
+
+def test_methods_and_layers_give_different_maps(model):
+    x = example_input("ship", model)
+    maps = {(m, layer): class_maps(model, x, layer, [8], m)[0] for m in CAM_METHODS for layer in ("layer1", "layer2")}
+    keys = list(maps)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            assert not np.allclose(maps[a], maps[b], atol=1e-3), (a, b)
+
+
+def test_one_pass_per_image_class_pair_equals_single_calls(model):
+    """The two-way gallery's batch (a different image per class) gives each image's own maps."""
+    x = torch.cat([example_input(name, model) for name in ("cat", "dog")])
+    both = class_maps(model, x, "layer2", [3, 5])
+    np.testing.assert_allclose(both[0], class_maps(model, x[:1], "layer2", [3])[0], atol=1e-5)
+    np.testing.assert_allclose(both[1], class_maps(model, x[1:], "layer2", [5])[0], atol=1e-5)
+
+
+def test_unknown_method_is_a_message(model):
+    with pytest.raises(CamError, match="unknown CAM method 'SmoothCAM'; choose one of GradCAM"):
+        class_maps(model, torch.zeros(1, 3, 32, 32), "prep", [0], "SmoothCAM")
+
+
+@pytest.fixture(scope="module")
+def released_app():
+    """space/app.py imported in this process with the released model (import builds the page, starts no server)."""
+    import importlib.util
+
+    os.environ["S10_MODEL"] = str(RELEASED)
+    try:
+        spec = importlib.util.spec_from_file_location("app_released", ROOT / "space" / "app.py")
+        app = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(app)
+    finally:
+        del os.environ["S10_MODEL"]
+    return app
+
+
+def test_mistakes_are_explained_both_ways(released_app):
+    app = released_app
+    before = {k: v.clone() for k, v in app.CAM_MODEL.state_dict().items()}
+    gallery = app.misclassified(4, True, app.LAYER, 0.5, "GradCAM++")
+    assert len(gallery) == 8
+    for n, entry in enumerate(app.PACK[:4]):
+        (true_map, true_caption), (pred_map, pred_caption) = gallery[2 * n: 2 * n + 2]
+        assert true_caption.startswith(f"true: {entry['true']} (") and pred_caption.startswith(
+            f"predicted: {entry['pred']} ({entry['confidence']:.2f})")
+        assert true_map.size == pred_map.size == (224, 224)
+        assert not np.array_equal(np.asarray(true_map), np.asarray(pred_map))
+    assert_clean(app.CAM_MODEL, before)
+    plain = app.misclassified(4, False)
+    assert [c for _, c in plain] == [f"true: {e['true']} / pred: {e['pred']} ({e['confidence']:.2f})"
+                                     for e in app.PACK[:4]]
+
+
+def test_low_confidence_hint_follows_the_threshold(released_app):
+    """The hint shows exactly when the top probability is under the model's threshold: never for the examples, for
+    pictures unlike CIFAR-10 (a flat grey square, two examples blended)."""
+    app = released_app
+    assert 0.3 < app.LOW_CONFIDENCE < 0.9
+    odd = {"grey": Image.new("RGB", (64, 64), (128, 128, 128)),
+           "blend": Image.blend(Image.open(EXAMPLES[3]).convert("RGB"), Image.open(EXAMPLES[8]).convert("RGB"), 0.5)}
+    hinted = {}
+    for name, picture in [*((p.name, str(p)) for p in EXAMPLES), *odd.items()]:
+        label, _, _, note = app.explain(picture, 3, False)
+        top = max(label.values())
+        assert bool(note) == (top < app.LOW_CONFIDENCE), (name, top)
+        hinted[name] = bool(note)
+    assert not any(hinted[p.name] for p in EXAMPLES)
+    assert any(hinted[name] for name in odd)
+    assert f"{app.LOW_CONFIDENCE:.2f}" in app.hint(app.LOW_CONFIDENCE / 2)
+
+
+def test_network_view_is_the_32x32_input_enlarged(released_app):
+    app = released_app
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    _, _, seen, _ = app.explain(photo, 3, False)
+    small = np.asarray(seen)[::7, ::7]  # 224 = 32 x 7: every 7th pixel is one input pixel
+    from s10.inference import square_resize
+
+    assert seen.size == (224, 224) and np.array_equal(small, np.asarray(square_resize(photo, 32)))
 
 
 # -- the app module and its model resolution -------------------------------------------------------------------------
@@ -235,17 +324,30 @@ def bad_files(folder):
 
 def test_server_predicts_every_example(server):
     from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
 
     client = server.client()
     for path in EXAMPLES:
         result = client.predict(handle_file(str(path)), 3, api_name="/predict")
         assert len(result["confidences"]) == 3 and result["label"] == result["confidences"][0]["label"]
-    label, gallery = client.predict(handle_file(str(EXAMPLES[0])), 5, True, 3, "layer2", 0.5, api_name="/explain")
+    label, gallery, seen, note = client.predict(handle_file(str(EXAMPLES[0])), 5, True, 3, "layer2", 0.5,
+                                                "GradCAM", "top classes", api_name="/explain")
     assert len(label["confidences"]) == 5 and len(gallery) == 3
-    assert Image.open(gallery[0]["image"]).size == (224, 224)
+    assert Image.open(gallery[0]["image"]).size == (224, 224) and Image.open(seen).size == (224, 224)
     assert gallery[0]["caption"].startswith(label["confidences"][0]["label"])
-    mistakes = client.predict(4, True, "prep", 0.6, api_name="/misclassified")
-    assert len(mistakes) == 4 and all(m["caption"].startswith("true: ") for m in mistakes)
+    # Another method, one chosen class: one map, for that class, unlike the top class's.
+    label, chosen, _, _ = client.predict(handle_file(str(EXAMPLES[0])), 3, True, 3, "layer2", 0.5, "LayerCAM",
+                                         "truck", api_name="/explain")
+    assert len(chosen) == 1 and chosen[0]["caption"].startswith("truck (")
+    # Gradio checks a dropdown's value against its choices before the app does: either way, a message naming it.
+    with pytest.raises(AppError, match="NoCAM.*(not in the list of choices|choose one of)"):
+        client.predict(handle_file(str(EXAMPLES[0])), 3, True, 3, "layer2", 0.5, "NoCAM", "top classes",
+                       api_name="/explain")
+    with pytest.raises(AppError, match="unicorn.*(not in the list of choices|choose)"):
+        client.predict(handle_file(str(EXAMPLES[0])), 3, True, 3, "layer2", 0.5, "GradCAM", "unicorn",
+                       api_name="/explain")
+    mistakes = client.predict(4, True, "prep", 0.6, "XGradCAM", api_name="/misclassified")
+    assert len(mistakes) == 8 and [m["caption"].split(":")[0] for m in mistakes] == ["true", "predicted"] * 4
 
 
 def test_server_rejects_k_11_and_bad_uploads_then_still_answers(server, tmp_path):
@@ -273,13 +375,15 @@ def gallery_pixels(gallery):
 def test_concurrent_cams_overlap_and_match_sequential_ones(server):
     from gradio_client import handle_file
 
-    layers = ["prep", "layer1", "layer2", "layer3"]
-    jobs = [(str(EXAMPLES[i % len(EXAMPLES)]), layers[i % 4]) for i in range(16)]
+    layers, methods = ["prep", "layer1", "layer2", "layer3"], list(CAM_METHODS)
+    jobs = [(str(EXAMPLES[i % len(EXAMPLES)]), layers[i % 4], methods[(i // 4) % len(methods)],
+             "top classes" if i % 3 else CIFAR_NAMES[i % 10]) for i in range(16)]
 
     def explain(job, client):
-        path, layer = job
-        label, gallery = client.predict(handle_file(path), 3, True, 3, layer, 0.5, api_name="/explain")
-        return label, gallery_pixels(gallery)
+        path, layer, method, target = job
+        label, gallery, seen, _ = client.predict(handle_file(path), 3, True, 3, layer, 0.5, method, target,
+                                                 api_name="/explain")
+        return label, gallery_pixels(gallery) + [(np.asarray(Image.open(seen)), "seen")]
 
     client = server.client()
     sequential = [explain(job, client) for job in jobs]
@@ -296,28 +400,51 @@ def test_concurrent_cams_overlap_and_match_sequential_ones(server):
 
 
 @pytest.mark.browser
-def test_browser_click_example_and_see_gradcam(server, tmp_path):
+def test_browser_example_method_target_and_network_view(server, tmp_path):
+    """Click an example, switch the maps on, change the method and the target class: the maps and the 32x32 view
+    are on the page. Screenshots go to $S10_SCREENSHOTS (or the test's temporary folder)."""
     from playwright.sync_api import sync_playwright
+
+    shots = Path(os.environ.get("S10_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+
+    def choose(elem_id, option):
+        page.locator(f"#{elem_id} input").click()
+        page.get_by_role("option", name=option, exact=True).click()
+
+    def captions():
+        return page.locator("#cam-gallery .caption-label").all_inner_texts()
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page = browser.new_page(viewport={"width": 1280, "height": 1500})
         page.goto(server.url, wait_until="networkidle")
         page.locator("img[src*='cat.png']").first.click()  # an example: fills the image and runs a prediction
-        page.get_by_text("Show GradCAM").click()
-        cams = page.locator("#cam-gallery img")
-        cams.nth(2).wait_for(timeout=90_000)  # 3 CAM images by default
+        view = page.locator("#network-view img")
+        view.wait_for(timeout=90_000)
         label_text = page.get_by_test_id("label-output-value").inner_text(timeout=90_000)
-        n_cams = cams.count()
-        shot = tmp_path / "app.png"
-        page.screenshot(path=str(shot), full_page=True)
+        page.get_by_text("Show class activation maps").click()
+        cams = page.locator("#cam-gallery img")
+        cams.nth(2).wait_for(timeout=90_000)  # 3 maps by default
+        page.screenshot(path=str(shots / "1-example-maps.png"), full_page=True)
+        choose("cam-method", "GradCAM++")
+        page.wait_for_load_state("networkidle")
+        cams.nth(2).wait_for(timeout=90_000)
+        choose("cam-target", "truck")
+        page.wait_for_function("() => [...document.querySelectorAll('#cam-gallery .caption-label')]"
+                               ".map(e => e.innerText).join('|').startsWith('truck (')", timeout=90_000)
+        after = captions()
+        n_view = view.count()
+        view_size = view.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        page.screenshot(path=str(shots / "2-gradcampp-truck.png"), full_page=True)
         browser.close()
-    print(f"screenshot: {shot}")
-    assert n_cams == 3
+    print(f"screenshots: {shots}")
     assert label_text.strip() in CIFAR_NAMES
-    assert shot.stat().st_size > 10_000
+    assert len(after) == 1 and after[0].startswith("truck (")
+    assert n_view == 1 and view_size == [224, 224]
+    assert (shots / "2-gradcampp-truck.png").stat().st_size > 10_000
 
 
 def test_predict_command(smoke_run, tmp_path):

@@ -84,10 +84,11 @@ def test_dry_run_push_holds_exactly_the_repo_files(smoke_run, tmp_path):
     results = json.loads((smoke_run / "results.json").read_text())
     name, evals = model_index_to_eval_results(card.data.to_dict()["model-index"])
     assert name == "s10-test"
-    figures = {e.dataset_config: e.metric_value for e in evals}
-    assert figures["all-test-images"] == results["test_acc"]
-    if "exact_test_acc" in results:
-        assert figures["lossless-originals"] == results["exact_test_acc"]
+    # One result (CIFAR-10, test split) with two metrics: plain and flip-TTA accuracy.
+    assert {(e.dataset_type, e.dataset_split) for e in evals} == {("cifar10", "test")}
+    figures = {e.metric_name: e.metric_value for e in evals}
+    assert figures == {"Test accuracy": results["test_acc"], "Test accuracy (flip TTA)": results["test_acc_tta"]}
+    assert len(card.data.to_dict()["model-index"][0]["results"]) == 1
     assert 'S10Net.from_pretrained("someone/s10-test")' in card.text
     assert f"{100 * results['test_acc']:.2f} %" in card.text
     assert not re.search(r"TODO|\{\{|\[More Information Needed\]|your[-_ ]?(user|name)", card.text, re.I)

@@ -42,8 +42,20 @@ def test_smoke_run_writes_the_run_folder(tiny_data, tmp_path):
         assert (run / name).is_file(), name
     rows = metrics(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    for col in ["lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]:
-        assert float(rows[-1][col]) >= 0, col
+    last = {k: float(v) for k, v in rows[-1].items()}
+    # The LR of the run's last step: One Cycle computed here by torch alone (2 epochs of 48 // 16 = 3 steps).
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2.3e-3, total_steps=6, pct_start=5 / 24,
+                                                div_factor=100, final_div_factor=100, anneal_strategy="linear",
+                                                three_phase=False)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert last["lr"] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)
+    assert last["test_acc"] == pytest.approx(recount(run, tiny_data), abs=1e-6)
+    assert round(48 * last["train_acc"]) == pytest.approx(48 * last["train_acc"], abs=1e-4)  # whole images
+    assert 0 < last["train_loss"] < 5 and 0 < last["test_loss"] < 5  # ln(3) = 1.1 at chance
+    assert last["images_per_s"] == pytest.approx(48 / last["epoch_time_s"], rel=0.01)
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["train_images"] == 48 and config["data"]["test_images"] == 21
     assert config["recipe"]["batch_size"] == 16 and config["versions"]["torch"] == torch.__version__
