@@ -58,6 +58,7 @@ release-record: install
 	test -f $(RUN)/results.json
 	rm -rf $(RELEASE) && mkdir -p $(RELEASE) && cp -r $(RUN)/. $(RELEASE)/
 	rm -rf $(RELEASE)/checkpoints $(RELEASE)/tensorboard
+	$(PY) -m hub.card $(RELEASE)
 	$(PY) -m s10.report $(RELEASE) --readme README.md
 
 # The released model; `make demo S10_MODEL=user/repo` (or any model folder) shows another.
@@ -67,6 +68,7 @@ demo: install
 
 bench: install data
 	$(PY) bench/train_throughput.py --data $(DATA)
+	$(PY) bench/cam_faithfulness.py --data $(DATA) --markdown
 	$(PY) bench/app_latency.py
 
 publish-dry-run: install

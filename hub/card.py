@@ -113,3 +113,9 @@ def write_model_card(run: Path, repo_id: str | None = None) -> Path:
     path = model_dir / "README.md"
     build_card(run, repo_id).save(path)
     return path
+
+
+if __name__ == "__main__":  # python -m hub.card RUN_DIR: rewrite RUN_DIR/model/README.md from the run's record
+    import sys
+
+    print(write_model_card(Path(sys.argv[1])))

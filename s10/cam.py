@@ -20,11 +20,12 @@ from torchcam.methods import GradCAM, GradCAMpp, LayerCAM, XGradCAM
 from torchcam.utils import overlay_mask
 
 # The methods the app offers, by the name the page and the API use: torchcam's methods that need one forward and one
-# backward pass. ScoreCAM is left out: it runs one forward pass per channel of the layer (512 at layer3), about
-# 0.3 to 1.7 s for three maps on a 2-vCPU machine (bench/cam_faithfulness.py), against 15 to 30 ms for these.
+# backward pass. ScoreCAM is left out: it runs one forward pass per channel of the layer (512 at layer3), 0.85 s
+# (prep) to 6.5 s (layer3) for three maps on a 2-core CPU (bench/cam_faithfulness.py), against 17 to 39 ms for these.
 CAM_METHODS = {"GradCAM": GradCAM, "GradCAM++": GradCAMpp, "XGradCAM": XGradCAM, "LayerCAM": LayerCAM}
-# Chosen by bench/cam_faithfulness.py (the README has the table): the best trade-off of faithfulness and latency.
-DEFAULT_METHOD = "LayerCAM"
+# Chosen by bench/cam_faithfulness.py (the README has the table and the rule): among maps of at least 8x8 that take
+# under 40 ms, the lowest average drop. layer3's 4x4 maps score better but cover a photo in four blobs.
+DEFAULT_METHOD = "GradCAM++"
 DEFAULT_LAYER = "layer2"
 SHOWN_SIZE = 224  # pixels: the side of every picture the app shows
 
@@ -51,39 +52,49 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def class_maps(model: torch.nn.Module, x: torch.Tensor, layer: str, class_idx: list[int],
-               method: str = DEFAULT_METHOD) -> np.ndarray:
-    """CAMs at `layer` for image i of `x` (N, 3, H, W) and class `class_idx[i]`, or for one image (1, 3, H, W) and
-    each class in `class_idx`: float32 (len(class_idx), H, W), upsampled to the input size, each in [0, 1].
-    `model` must not run other forward passes concurrently."""
+               method: str = DEFAULT_METHOD, with_scores: bool = False):
+    """CAMs at `layer` for the images of `x` (B, 3, H, W) and the classes `class_idx`, r = len(class_idx) / B per
+    image (image i gets classes class_idx[i * r:(i + 1) * r]): float32 (len(class_idx), H, W), upsampled to the input
+    size, each in [0, 1]; with `with_scores`, also the logits of that forward pass, one row per map (float32
+    (len(class_idx), classes)). `model` must not run other forward passes concurrently.
+
+    Only what the maps need is computed: the layers before `layer` run once per image without autograd, a forward
+    hook repeats the layer's output r times and makes it the start of the graph, so the backward pass stops there
+    (most of the network's FLOPs lie before layer2)."""
     extractor_cls = CAM_METHODS[check_method(method)]
     if not class_idx:
-        return np.zeros((0, *x.shape[-2:]), dtype=np.float32)
-    if len(x) == 1:
-        x = x.expand(len(class_idx), -1, -1, -1)
-    if len(x) != len(class_idx):
+        empty = np.zeros((0, *x.shape[-2:]), dtype=np.float32)
+        return (empty, torch.zeros(0, 0)) if with_scores else empty
+    repeats, rest = divmod(len(class_idx), len(x))
+    if rest or not repeats:
         raise ValueError(f"{len(x)} images for {len(class_idx)} classes")
-    batch = x.float().clone().requires_grad_(True)  # gradients flow to the input, never into the parameters
-    with _hooked, torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+
+    def graph_starts_here(module, inputs, output):
+        return output.repeat_interleave(repeats, 0).detach().requires_grad_(True)
+
+    with _hooked, torch.autocast(x.device.type, enabled=False):
         was_training = model.training
         model.eval()
+        start = model.get_submodule(layer).register_forward_hook(graph_starts_here)  # before torchcam's own hooks
         extractor = extractor_cls(model, target_layer=layer)
         try:
-            scores = model(batch)
-            cams = extractor([int(c) for c in class_idx], scores)[0]  # (N, h, w) at the layer's resolution
+            with torch.enable_grad():
+                scores = model(x.float())
+                cams = extractor([int(c) for c in class_idx], scores)[0]  # (N, h, w) at the layer's resolution
         finally:
+            start.remove()
             extractor.remove_hooks()
             extractor.reset_hooks()
             model.train(was_training)
-            model.zero_grad(set_to_none=True)
     cams = torch.nn.functional.interpolate(cams[:, None].detach().float(), size=x.shape[-2:], mode="bilinear",
                                            align_corners=False)[:, 0]
-    return cams.clamp(0, 1).nan_to_num(0.0).numpy()
+    cams = cams.clamp(0, 1).nan_to_num(0.0).numpy()
+    return (cams, scores.detach().float()) if with_scores else cams
 
 
-def overlay(image: Image.Image, cam: np.ndarray, opacity: float, size: int = SHOWN_SIZE) -> Image.Image:
-    """The CAM as a jet heat map over the image, at size x size: torchcam's `overlay_mask` (which squares the map,
-    so the peaks stand out), over the image resized as `shown` does."""
-    base = shown(image, size)
+def overlay(base: Image.Image, cam: np.ndarray, opacity: float) -> Image.Image:
+    """The CAM as a jet heat map over `base` (an image as `shown` gives it): torchcam's `overlay_mask`, which resizes
+    the map to the image (bicubic) and squares it, so the peaks stand out."""
     opacity = float(np.clip(opacity, 0, 1))
     if opacity == 0:  # overlay_mask's alpha (the image's share) must stay below 1
         return base

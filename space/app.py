@@ -207,7 +207,8 @@ def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: st
         log.info("cam request start (in flight: %d)", _in_flight)
     try:
         cams = class_maps(CAM_MODEL, x, layer, index, method)
-        gallery = [(overlay(picture, cam, opacity), f"{CLASSES[i]} ({probs[i]:.2f})") for i, cam in zip(index, cams)]
+        base = shown(picture)
+        gallery = [(overlay(base, cam, opacity), f"{CLASSES[i]} ({probs[i]:.2f})") for i, cam in zip(index, cams)]
     finally:
         with _in_flight_lock:
             _in_flight -= 1
@@ -226,17 +227,17 @@ def misclassified(count: int = 10, with_cam: bool = False, layer: str = LAYER, o
         raise gr.Error(str(err), print_exception=False) from None
     count = max(1, min(int(count), len(PACK)))
     entries, images = PACK[:count], PACK_IMAGES[:count]
-    pictures = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
+    pictures = [shown(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in images]
     if not with_cam:
-        return [(shown(p), caption(e["true"], e["pred"], e["confidence"])) for p, e in zip(pictures, entries)]
-    x = torch.cat([to_input(p, CONFIG.mean, CONFIG.std, CONFIG.input_size) for p in pictures])
-    with torch.inference_mode():
-        probs = MODEL(x).softmax(-1)
+        return [(p, caption(e["true"], e["pred"], e["confidence"])) for p, e in zip(pictures, entries)]
+    x = CAM_MODEL.normalize(images)  # the pack holds the 32x32 test images themselves: no resizing
     pairs = [(i, side, CLASSES.index(e[key])) for i, e in enumerate(entries)
              for side, key in (("true", "true"), ("predicted", "pred"))]
-    cams = class_maps(CAM_MODEL, x[[i for i, _, _ in pairs]], layer, [c for _, _, c in pairs], method)
-    return [(overlay(pictures[i], cam, opacity), f"{side}: {CLASSES[c]} ({probs[i, c]:.2f})")
-            for (i, side, c), cam in zip(pairs, cams)]
+    # One pass for all: the maps for the true and the predicted class of each image, and the probabilities.
+    cams, scores = class_maps(CAM_MODEL, x, layer, [c for _, _, c in pairs], method, with_scores=True)
+    probs = scores.softmax(-1)
+    return [(overlay(pictures[i], cam, opacity), f"{side}: {CLASSES[c]} ({probs[j, c]:.2f})")
+            for j, ((i, side, c), cam) in enumerate(zip(pairs, cams))]
 
 
 def readable_upload(component: gr.Image) -> gr.Image:

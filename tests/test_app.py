@@ -172,12 +172,26 @@ def test_methods_and_layers_give_different_maps(model):
             assert not np.allclose(maps[a], maps[b], atol=1e-3), (a, b)
 
 
+@pytest.mark.parametrize("method", list(CAM_METHODS))
+def test_maps_equal_torchcams_own_on_the_whole_graph(model, method):
+    """class_maps starts the graph at the layer (the layers before it run without autograd, once per image); the
+    maps equal torchcam used as its docs show, with gradients flowing to the input."""
+    x = example_input("deer", model)
+    classes = [4, 7, 2]
+    ours = class_maps(model, x, "layer2", classes, method)
+    xg = x.expand(3, -1, -1, -1).clone().requires_grad_(True)
+    with torch.enable_grad(), CAM_METHODS[method](model, target_layer="layer2") as extractor:
+        reference = extractor(classes, model(xg))[0]
+    reference = torch.nn.functional.interpolate(reference[:, None], size=(32, 32), mode="bilinear")[:, 0]
+    np.testing.assert_allclose(ours, reference.clamp(0, 1).numpy(), atol=1e-4)
+
+
 def test_one_pass_per_image_class_pair_equals_single_calls(model):
     """The two-way gallery's batch (a different image per class) gives each image's own maps."""
     x = torch.cat([example_input(name, model) for name in ("cat", "dog")])
-    both = class_maps(model, x, "layer2", [3, 5])
-    np.testing.assert_allclose(both[0], class_maps(model, x[:1], "layer2", [3])[0], atol=1e-5)
-    np.testing.assert_allclose(both[1], class_maps(model, x[1:], "layer2", [5])[0], atol=1e-5)
+    both = class_maps(model, x, "layer2", [3, 5, 5, 3])  # cat: its class, then dog's; dog: its class, then cat's
+    np.testing.assert_allclose(both[:2], class_maps(model, x[:1], "layer2", [3, 5]), atol=1e-5)
+    np.testing.assert_allclose(both[2:], class_maps(model, x[1:], "layer2", [5, 3]), atol=1e-5)
 
 
 def test_unknown_method_is_a_message(model):
