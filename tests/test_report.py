@@ -173,21 +173,20 @@ def test_report_says_which_app_examples_the_model_gets_wrong(finished_run, tmp_p
     assert "The app's examples" not in render(run, examples=None)
 
 
-def test_report_states_the_hardware_wall_time_and_notes(finished_run, tmp_path):
+def test_report_states_the_hardware_precision_wall_time_and_final_figure(finished_run, tmp_path):
     from s10.report import duration, render
 
     run, _ = finished_run
     assert (duration(42.0), duration(3 * 3600 + 25 * 60 + 10)) == ("0.7 min", "3 h 25 min")
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
-    config = json.loads((copy / "config.json").read_text())
-    results = json.loads((copy / "results.json").read_text())
-    text = render(copy, examples=None)
+    config = json.loads((run / "config.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    text = render(run, examples=None)
     assert f"- Wall time: {duration(results['train_time_s'])} of training on the CPU" in text
+    assert f"precision {config['args']['precision']};" in text and config["hardware"]["cpu"] in text
+    # The log table ends on the last epoch; the line after it gives the published (float32) figures.
+    assert (f"Final evaluation of the published weights (float32, all {results['test_images']:,} test images): "
+            f"**{100 * results['test_acc']:.2f} %**, {100 * results['test_acc_tta']:.2f} % with flip TTA.") in text
     assert "- Note:" not in text
-    config["record_notes"] = ["epochs 1-2 shared the CPU."]
-    (copy / "config.json").write_text(json.dumps(config))
-    assert "- Note: epochs 1-2 shared the CPU." in render(copy, examples=None)
 
 
 def test_lr_schedule_peaks_at_epoch_5_of_24():
