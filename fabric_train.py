@@ -6,7 +6,7 @@
     fabric run --accelerator cuda --devices 4 fabric_train.py --data ... --out ...   # 4 GPUs
 
 Measured (bench/train_throughput.py, 2026-11-25): on 2 cores of an AMD EPYC (Zen 4, AVX512-BF16) a training step runs
-at 176 images/s in bf16-mixed (this CPU's default) and 85 images/s in 32-true, 87 % and 84 % of the cores' peak;
+at 183 images/s in bf16-mixed (this CPU's default) and 91 images/s in 32-true, 89 % and 88 % of the cores' peak;
 about 6 minutes an epoch. The release run's accuracy and wall time are in README.md and release/.
 
 What changes versus plain PyTorch: Fabric places the model and data (no .to(device)), runs every forward pass under
