@@ -297,8 +297,8 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps") as de
             n_cams = gr.Slider(1, MAX_TOP_K, value=3, step=1, label="Maps for the top classes (at most k)")
             layer = gr.Dropdown(CONFIG.cam_layers, value=LAYER, label="Layer")
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Map opacity")
-        cam_gallery = gr.Gallery(label="Class activation maps", columns=5, height=300, object_fit="contain",
-                                 visible=False, format="png", elem_id="cam-gallery")
+        cam_gallery = gr.Gallery(label="Class activation maps", columns=5, height="auto", visible=False,
+                                 format="png", elem_id="cam-gallery")
     with gr.Group():
         show_mis = gr.Checkbox(value=False, label="Show misclassified test images")
         with gr.Row(visible=False) as mis_controls:

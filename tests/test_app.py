@@ -300,6 +300,20 @@ def test_unknown_repo_falls_back_to_the_released_folder(smoke_run, tmp_path):
     assert f"SOURCE {released}" in proc.stdout
 
 
+def test_unreachable_hub_is_found_out_at_once_and_said(smoke_run, tmp_path):
+    """Not declared offline, the Hub at an address that refuses connections: one probe decides, the app says so in its
+    log and falls back (huggingface_hub alone would retry five times with backoff, about 25 s)."""
+    from tests.conftest import free_port
+
+    if not (RELEASED / "model.safetensors").is_file():
+        pytest.skip("no released model yet (the release run has not finished)")
+    proc = import_app(tmp_path, {"S10_MODEL": "someone/s10-remote", "HF_HUB_OFFLINE": "0",
+                                 "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    assert proc.returncode == 0, proc.stderr
+    assert "the Hub cannot be reached" in proc.stderr and "falling back" in proc.stderr
+    assert "Retrying" not in proc.stderr and f"SOURCE {RELEASED}" in proc.stdout
+
+
 def test_nothing_loadable_is_a_one_line_startup_error(tmp_path):
     # Point the released folder at an empty place by running a copy of the app from an empty tree.
     tree = tmp_path / "tree"
