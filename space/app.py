@@ -34,6 +34,7 @@ from s10.cam import (  # noqa: E402
     DEFAULT_LAYER,
     DEFAULT_METHOD,
     CamError,
+    check_method,
     class_maps,
     freeze,
     overlay,
@@ -158,8 +159,7 @@ def _picture(image) -> Image.Image:
 def _check_cam(method: str, layer: str) -> None:
     if layer not in CONFIG.cam_layers:
         raise CamError(f"unknown layer {layer!r}; choose one of {', '.join(CONFIG.cam_layers)}")
-    if method not in CAM_METHODS:
-        raise CamError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+    check_method(method)
 
 
 def predict(image, k: int = 3) -> dict[str, float]:
