@@ -25,7 +25,8 @@ def pct(x: float) -> str:
 def recipe_lines(config: dict, results: dict) -> list[str]:
     """The recipe, data, hardware and time of a run, as Markdown bullets (README and model card)."""
     r, hw, data = config["recipe"], config["hardware"], config["data"]
-    device = hw["gpu"] or f"CPU ({hw['cpu']}, {hw['cpu_threads']} threads)"
+    bf16 = "".join(f", {flag}" for flag in hw.get("cpu_bf16", []))  # why a CPU run defaults to bf16-mixed
+    device = hw["gpu"] or f"CPU ({hw['cpu']}, {hw['cpu_threads']} threads{bf16})"
     world = config.get("world_size", 1)
     return [
         f"- Data: `{Path(data['source']).name}`: {data['train_images']:,} training images, {data['test_images']:,} "
