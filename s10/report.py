@@ -119,9 +119,13 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
                      f"{pct(float(row['train_acc']))} | {float(row['test_loss']):.4f} | "
                      f"{pct(float(row['test_acc']))} | {float(row['epoch_time_s']):.0f} | "
                      f"{float(row['images_per_s']):.0f} |")
+    precision = config["args"]["precision"]
+    per_epoch = ("" if precision == "32-true" else f" The table's test columns are measured after each epoch under the "
+                 f"run's {precision} autocast; the published figures run the weights in float32, as "
+                 "`python -m s10.evaluate` and the app do.")
     lines += ["", f"Final evaluation of the published weights (float32, all {results['test_images']:,} test images): "
-              f"**{pct(results['test_acc'])}**, {pct(results['test_acc_tta'])} with flip TTA. The full log: "
-              f"[`train.log`]({img('train.log')}).", "", "### Curves", "",
+              f"**{pct(results['test_acc'])}**, {pct(results['test_acc_tta'])} with flip TTA.{per_epoch} The full "
+              f"log: [`train.log`]({img('train.log')}).", "", "### Curves", "",
               f"![loss, accuracy and learning rate per epoch]({img('curves.png')})", ""]
     if (run / "lr_finder.png").is_file():
         lines += [f"![LR range test]({img('lr_finder.png')})", ""]
