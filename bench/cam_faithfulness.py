@@ -113,8 +113,8 @@ def main() -> None:
         print("|---|" + "---:|" * len(layers))
         for method in CAM_METHODS:
             cells = [next(r for r in rows if r["method"] == method and r["layer"] == layer) for layer in layers]
-            print(f"| {method} | " + " | ".join(f"{c['drop']:.3f} / {c['increase']:.3f} / {c['ms']:.0f} ms"
-                                                for c in cells) + " |")
+            text = [f"{c['drop']:.3f} / {c['increase']:.3f} / {c['ms']:.0f} ms" for c in cells]
+            print(f"| {method} | " + " | ".join(f"**{t}**" if c is choice else t for c, t in zip(cells, text)) + " |")
         print("| ScoreCAM (latency only) | " + " | ".join(f"{score_ms[layer]:.0f} ms" for layer in layers) + " |")
 
 
