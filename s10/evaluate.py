@@ -1,7 +1,7 @@
 """Test-set evaluation: accuracy (plain and with flip TTA), per class, confusion matrix, and the misclassified pack;
 the files a finished run writes from them. Used at the end of training, and alone to check a released model:
 
-    python -m s10.evaluate MODEL_DIR DATA_ROOT      # e.g. release/model .data/cifar10; prints results as JSON
+    python -m s10.evaluate MODEL_DIR DATA_ROOT      # e.g. release/model .data/cifar10: JSON, and a summary on stderr
 
 torchmetrics' functional API computes every figure, from the logits of the whole test set.
 """
@@ -151,6 +151,8 @@ def main(argv=None) -> int:
     results = test_results(logits, logits_tta, data.test, cfg.class_names)
     results.pop("confusion_matrix")
     print(json.dumps(results, indent=1))
+    print(f"{args.model_dir}: {100 * results['test_acc']:.2f} % on {results['test_images']:,} test images, "
+          f"{100 * results['test_acc_tta']:.2f} % with flip TTA", file=sys.stderr)  # for people; stdout for programs
     return 0
 
 

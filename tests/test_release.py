@@ -58,6 +58,7 @@ def test_the_committed_weights_score_what_the_readme_card_and_app_state():
     assert measured["test_images"] == 10_000
     plain, tta = (f"{100 * measured[k]:.2f} %" for k in ("test_acc", "test_acc_tta"))
     assert f"| CIFAR-10 test split | 10,000 | {plain} | {tta} |" in readme_section()
+    assert f"{plain} on 10,000 test images, {tta} with flip TTA" in proc.stderr
     card = ModelCard.load(RELEASE / "model" / "README.md")
     _, evals = model_index_to_eval_results(card.data.to_dict()["model-index"])
     assert {e.metric_name: e.metric_value for e in evals} == {"Test accuracy": measured["test_acc"],
