@@ -8,7 +8,7 @@ import pytest
 
 from s10.inference import load_image, probabilities, to_input
 from s10.model import S10Net
-from tests.conftest import CIFAR, ROOT
+from tests.conftest import CIFAR, ROOT, App
 
 RELEASE = ROOT / "release"
 pytestmark = pytest.mark.skipif(not (RELEASE / "model" / "model.safetensors").is_file(),
@@ -74,3 +74,19 @@ def test_release_meets_the_bar_and_ships_small():
     model_bytes = sum(p.stat().st_size for p in (RELEASE / "model").rglob("*") if p.is_file())
     assert model_bytes < 30_000_000, model_bytes
     assert not list(RELEASE.rglob("*.ckpt"))
+
+
+def test_the_served_page_states_the_readme_figures():
+    """The running app (space/app.py with the released model) heads its page with the README's test accuracies."""
+    import re
+    import urllib.request
+
+    plain, tta = re.search(r"\| CIFAR-10 test split \| 10,000 \| ([\d.]+ %) \| ([\d.]+ %) \|", readme_section()).groups()
+    app = App(ROOT / "space" / "app.py", env={"S10_MODEL": str(RELEASE / "model")}, cwd=ROOT)
+    try:
+        page = json.loads(urllib.request.urlopen(app.url + "config", timeout=30).read())
+    finally:
+        app.stop()
+    texts = [c.get("props", {}).get("value") for c in page["components"]]
+    header = next(t for t in texts if isinstance(t, str) and t.startswith("# S10"))
+    assert f"Test accuracy: {plain} on the 10,000 CIFAR-10 test images ({tta} with flip TTA)." in header
