@@ -81,7 +81,8 @@ def test_the_served_page_states_the_readme_figures():
     import re
     import urllib.request
 
-    plain, tta = re.search(r"\| CIFAR-10 test split \| 10,000 \| ([\d.]+ %) \| ([\d.]+ %) \|", readme_section()).groups()
+    row = r"\| CIFAR-10 test split \| 10,000 \| ([\d.]+ %) \| ([\d.]+ %) \|"
+    plain, tta = re.search(row, readme_section()).groups()
     app = App(ROOT / "space" / "app.py", env={"S10_MODEL": str(RELEASE / "model")}, cwd=ROOT)
     try:
         page = json.loads(urllib.request.urlopen(app.url + "config", timeout=30).read())
