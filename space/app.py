@@ -297,8 +297,9 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps") as de
             n_cams = gr.Slider(1, MAX_TOP_K, value=3, step=1, label="Maps for the top classes (at most k)")
             layer = gr.Dropdown(CONFIG.cam_layers, value=LAYER, label="Layer")
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Map opacity")
-        cam_gallery = gr.Gallery(label="Class activation maps", columns=5, height="auto", visible=False,
-                                 format="png", elem_id="cam-gallery")
+        # fit_columns=False: one map (a chosen class) keeps a fifth of the width instead of stretching across it
+        cam_gallery = gr.Gallery(label="Class activation maps", columns=5, fit_columns=False, height="auto",
+                                 visible=False, format="png", elem_id="cam-gallery")
     with gr.Group():
         show_mis = gr.Checkbox(value=False, label="Show misclassified test images")
         with gr.Row(visible=False) as mis_controls:
@@ -306,8 +307,8 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps") as de
                                   label="How many")
             mis_cam = gr.Checkbox(value=False, label="Explain both ways: maps for the true and the predicted class "
                                                      "(method, layer and opacity above)")
-        mis_gallery = gr.Gallery(label="Misclassified", columns=6, height="auto", visible=False, format="png",
-                                 elem_id="misclassified-gallery")
+        mis_gallery = gr.Gallery(label="Misclassified", columns=6, fit_columns=False, height="auto", visible=False,
+                                 format="png", elem_id="misclassified-gallery")
     gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Examples (CIFAR-10 test images, one per class)",
                 examples_per_page=10)
 

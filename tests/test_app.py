@@ -466,12 +466,14 @@ def test_browser_example_method_target_and_network_view(server, tmp_path):
         after = captions()
         n_view = view.count()
         view_size = view.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        one_map = cams.first.bounding_box()["width"] / page.locator("#cam-gallery").bounding_box()["width"]
         page.screenshot(path=str(shots / "2-gradcampp-truck.png"), full_page=True)
         browser.close()
     print(f"screenshots: {shots}")
     assert label_text.strip() in CIFAR_NAMES
     assert len(after) == 1 and after[0].startswith("truck (")
     assert n_view == 1 and view_size == [224, 224]
+    assert one_map < 0.3, f"a single map spans {one_map:.0%} of the gallery's width"  # a tile, not stretched across
     assert (shots / "2-gradcampp-truck.png").stat().st_size > 10_000
 
 
