@@ -147,3 +147,25 @@ def test_torchvision_source_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(CIFAR10, "download", no_network)
     with pytest.raises(DataError, match="cannot be downloaded"):
         load_dataset("cifar10", cache_dir=tmp_path)
+
+
+def test_a_class_folder_tree_of_png_and_jpeg_files_loads_as_decoded(tmp_path):
+    """Any class-folder data set: PNG and JPEG files (any suffix case) side by side, each decoded as PIL decodes it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    expected = {}
+    kinds = [("bird", ".png", "PNG"), ("cat", ".jpg", "JPEG"), ("dog", ".JPEG", "JPEG")]
+    for split in ("train", "test"):
+        for k, (c, suffix, fmt) in enumerate(kinds):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                path = tmp_path / split / c / f"{i}{suffix}"
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path, fmt)
+                with Image.open(path) as im:
+                    expected.setdefault(split, []).append((k, np.asarray(im.convert("RGB"))))
+    ds = load_dataset(str(tmp_path))
+    assert ds.classes == ["bird", "cat", "dog"]
+    for split, data in (("train", ds.train), ("test", ds.test)):
+        assert data.labels.tolist() == [k for k, _ in expected[split]]
+        assert np.array_equal(data.images.permute(0, 2, 3, 1).numpy(), np.stack([a for _, a in expected[split]]))
