@@ -20,11 +20,12 @@ from torchcam.methods import GradCAM, GradCAMpp, LayerCAM, XGradCAM
 from torchcam.utils import overlay_mask
 
 # The methods the app offers, by the name the page and the API use: torchcam's methods that need one forward and one
-# backward pass. ScoreCAM is left out: it runs one forward pass per channel of the layer (512 at layer3), 0.85 s
-# (prep) to 6.5 s (layer3) for three maps on a 2-core CPU (bench/cam_faithfulness.py), against 17 to 39 ms for these.
+# backward pass. ScoreCAM is left out: it runs one forward pass per channel of the layer (512 at layer3), seconds
+# for three maps on a 2-core CPU against tens of milliseconds for these (bench/cam_faithfulness.py; figures in README).
 CAM_METHODS = {"GradCAM": GradCAM, "GradCAM++": GradCAMpp, "XGradCAM": XGradCAM, "LayerCAM": LayerCAM}
-# Chosen by bench/cam_faithfulness.py (the README has the table and the rule): among maps of at least 8x8 that take
-# under 40 ms, the lowest average drop. layer3's 4x4 maps score better but cover a photo in four blobs.
+# Chosen by the rule in bench/cam_faithfulness.py (the README has the table): among maps of at least 8x8 that take
+# under 40 ms, the lowest average drop (within 0.01, the higher increase). layer3's 4x4 maps score better but cover a
+# photo in four blobs.
 DEFAULT_METHOD = "GradCAM++"
 DEFAULT_LAYER = "layer2"
 SHOWN_SIZE = 224  # pixels: the side of every picture the app shows
