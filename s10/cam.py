@@ -52,38 +52,52 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def class_maps(model: torch.nn.Module, x: torch.Tensor, layer: str, class_idx: list[int],
+def class_maps(model: torch.nn.Module, x: torch.Tensor, layer: str, class_idx: list[int] | int,
                method: str = DEFAULT_METHOD, with_scores: bool = False):
     """CAMs at `layer` for the images of `x` (B, 3, H, W) and the classes `class_idx`, r = len(class_idx) / B per
-    image (image i gets classes class_idx[i * r:(i + 1) * r]): float32 (len(class_idx), H, W), upsampled to the input
-    size, each in [0, 1]; with `with_scores`, also the logits of that forward pass, one row per map (float32
-    (len(class_idx), classes)). `model` must not run other forward passes concurrently.
+    image (image i gets classes class_idx[i * r:(i + 1) * r]), or, for an int r, each image's r most likely classes
+    by this same forward pass (most likely first: `scores[::r].topk(r)`, so the caller needs no forward pass of its
+    own to rank them). float32 (B * r, H, W), upsampled to the input size, each in [0, 1]; with `with_scores`, also
+    the logits of that forward pass, one row per map (float32 (B * r, classes)). `model` must not run other forward
+    passes concurrently.
 
-    Only what the maps need is computed: the layers before `layer` run once per image without autograd, a forward
-    hook repeats the layer's output r times and makes it the start of the graph, so the backward pass stops there
-    (most of the network's FLOPs lie before layer2)."""
+    Only what the maps need is computed: the layers before `layer` run once per image without autograd, and the graph
+    starts at `layer`'s output, so the backward pass stops there (most of the network's FLOPs lie before layer2). Each
+    image is repeated r times (one row per map) where it enters the top-level stage that holds `layer`: at the
+    stage's output for a stage itself, at its input for a layer inside one (`layer1.res`), since the stage's skip
+    connection adds its own input to the layer's output and both must have the same r rows."""
     extractor_cls = CAM_METHODS[check_method(method)]
-    if not class_idx:
+    top = isinstance(class_idx, int)
+    if (top and class_idx <= 0) or (not top and not class_idx):
         empty = np.zeros((0, *x.shape[-2:]), dtype=np.float32)
         return (empty, torch.zeros(0, 0)) if with_scores else empty
-    repeats, rest = divmod(len(class_idx), len(x))
+    repeats, rest = (class_idx, 0) if top else divmod(len(class_idx), len(x))
     if rest or not repeats:
         raise ValueError(f"{len(x)} images for {len(class_idx)} classes")
+    stage = layer.split(".")[0]
+
+    def repeat_input(module, inputs):
+        return (inputs[0].repeat_interleave(repeats, 0), *inputs[1:])
 
     def graph_starts_here(module, inputs, output):
-        return output.repeat_interleave(repeats, 0).detach().requires_grad_(True)
+        rows = output.repeat_interleave(repeats, 0) if layer == stage else output
+        return rows.detach().requires_grad_(True)
 
     with _hooked, torch.autocast(x.device.type, enabled=False):
         was_training = model.training
         model.eval()
-        start = model.get_submodule(layer).register_forward_hook(graph_starts_here)  # before torchcam's own hooks
+        hooks = [] if layer == stage else [model.get_submodule(stage).register_forward_pre_hook(repeat_input)]
+        hooks.append(model.get_submodule(layer).register_forward_hook(graph_starts_here))  # before torchcam's own
         extractor = extractor_cls(model, target_layer=layer)
         try:
             with torch.enable_grad():
                 scores = model(x.float())
+                if top:
+                    class_idx = scores[::repeats].topk(repeats).indices.flatten()
                 cams = extractor([int(c) for c in class_idx], scores)[0]  # (N, h, w) at the layer's resolution
         finally:
-            start.remove()
+            for hook in hooks:
+                hook.remove()
             extractor.remove_hooks()
             extractor.reset_hooks()
             model.train(was_training)

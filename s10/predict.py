@@ -40,7 +40,7 @@ def main(argv=None) -> int:
             print(f"{path}: error: {err}", file=sys.stderr)
             status = 2
             continue
-        ranked = top_k(probabilities(model, x), cfg.class_names, k)
+        ranked = top_k(probabilities(model, x)[0], cfg.class_names, k)
         print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))
     return status
 

@@ -76,7 +76,7 @@ def example_predictions(model_dir: Path, examples: Path) -> list[tuple[str, str,
         return []  # not this model's examples (another data set)
     out = []
     for path in paths:
-        pred = probabilities(model, to_input(load_image(path), cfg.mean, cfg.std)).argmax().item()
+        pred = probabilities(model, to_input(load_image(path), cfg.mean, cfg.std))[0].argmax().item()
         out.append((path.name, path.stem, cfg.class_names[pred]))
     return out
 

@@ -14,10 +14,13 @@ builds the page but starts no server; the port comes from GRADIO_SERVER_PORT as 
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -27,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from s10.cam import (  # noqa: E402
@@ -58,6 +62,8 @@ log = logging.getLogger("s10.app")
 RELEASED = ROOT / "release" / "model"
 EXAMPLES = sorted((HERE / "examples").glob("*.png"))
 TOP_CLASSES = "top classes"  # the CAM target that means "the top n classes", beside the class names
+CONCURRENCY = 4  # requests of one kind computed at once; more wait in the queue
+QUEUE_SIZE = 64  # requests waiting at most; a visitor beyond it is told the queue is full
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
@@ -91,17 +97,19 @@ def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
 def resolve_model(requested: str | None = None, released: Path = RELEASED) -> tuple[S10Net, Path | None, str]:
     """Load the model once: (model, local folder with its misclassified pack if any, where it came from)."""
     requested = requested or os.environ.get("S10_MODEL") or project_settings().get("model_repo")
-    if requested and requested.startswith(("/", ".", "~")) and not Path(requested).expanduser().is_dir():
-        log.warning("model folder %s does not exist; falling back to %s", requested, released)
-    elif requested and Path(requested).is_dir():
-        return S10Net.from_pretrained(requested), Path(requested), requested
+    folder = Path(requested).expanduser() if requested else None
+    if requested and requested.startswith(("/", ".", "~")) and not folder.is_dir():
+        log.warning("model folder %s does not exist; falling back to %s", folder, released)
+    elif requested and folder.is_dir():
+        return S10Net.from_pretrained(folder), folder, str(folder)
     elif requested:
         offline = hub_unreachable()
         if offline:
             log.warning("the Hub cannot be reached (%s); trying the local HF cache for %s", offline, requested)
         try:
             model = S10Net.from_pretrained(requested, local_files_only=bool(offline))
-            return model, _snapshot(requested, local_only=bool(offline)), requested
+            source = f"{requested} (the HF cache's copy: {offline})" if offline else f"{requested} (the Hub)"
+            return model, _snapshot(requested, local_only=bool(offline)), source
         except Exception as err:  # unreachable Hub, missing repo, bad weights: fall back, say so
             log.warning("could not load model %r (%s: %s); falling back to %s", requested, type(err).__name__,
                         str(err).splitlines()[0] if str(err) else "", released)
@@ -130,19 +138,32 @@ try:
 except StartupError as err:
     sys.exit(f"s10 app: {err}")
 freeze(MODEL)
+torch.set_num_threads(int(os.environ.get("S10_THREADS", "1")))
 CAM_MODEL = copy.deepcopy(MODEL)  # CAM hooks must not see the predictions' forward passes (s10/cam.py)
 CONFIG = MODEL.config
 CLASSES = CONFIG.class_names
+PACK_IMAGES, PACK, PACK_PROBLEM = torch.zeros(0, 3, 32, 32, dtype=torch.uint8), [], ""
 try:
+    if MODEL_FOLDER is None:
+        raise FileNotFoundError(f"no local copy of {MODEL_SOURCE}")
     PACK_IMAGES, PACK = load_misclassified(MODEL_FOLDER)
-except Exception:  # a model folder without the pack still classifies and explains
-    PACK_IMAGES, PACK = torch.zeros(0, 3, 32, 32, dtype=torch.uint8), []
+except Exception as err:  # a model folder without the pack still classifies and explains; the page says why
+    PACK_PROBLEM = f"the model's misclassified pack could not be loaded ({type(err).__name__}: {err})"
+    log.warning("%s", PACK_PROBLEM)
 LAYER = DEFAULT_LAYER if DEFAULT_LAYER in CONFIG.cam_layers else CONFIG.cam_layers[-1]
+CAM_TARGETS = [TOP_CLASSES, *CLASSES]  # what a map can explain: the page's choices, and what the API accepts
 # Below this top probability a picture looks unlike 95 % of the test images the model gets right (the training run
 # measures it; a model without it gets no hint).
 LOW_CONFIDENCE = (CONFIG.results or {}).get("low_confidence_threshold")
 _in_flight = 0
 _in_flight_lock = threading.Lock()
+# The pictures the app returns are written here, once each, under the hash of their bytes, and handed to gradio as
+# paths inside its cache folder, which it serves as they are. Gradio's own way for a PIL image rewrites the cached
+# file in place each time the same picture is returned, so a visitor downloading it at that moment got a truncated
+# file. gradio's delete_cache (below) removes them on schedule, as it does uploads.
+OUTPUTS = Path(get_upload_folder()) / "s10"
+# Every `frequency` s, delete the uploads and pictures older than `age` s (both from S10_DELETE_CACHE, "600,3600").
+DELETE_CACHE = tuple(int(v) for v in os.environ.get("S10_DELETE_CACHE", "600,3600").split(","))
 
 
 # -- pure functions: what the page and the API call ------------------------------------------------------------------
@@ -154,6 +175,29 @@ def _picture(image) -> Image.Image:
     for note in notes:
         gr.Warning(note)
     return picture
+
+
+def served(picture: Image.Image, lossless: bool = False) -> str:
+    """The path of `picture` encoded for the page, in gradio's cache: PNG where every pixel matters (the network's
+    32x32 view, the test images), else JPEG at quality 90 without chroma subsampling (a heat map overlay: a third of
+    the PNG's bytes and about a fiftieth of its encoding time). Written once, atomically; an existing copy is only
+    touched, so gradio's delete_cache, which goes by ctime, counts its age from its latest use."""
+    buffer = io.BytesIO()
+    if lossless:
+        picture.save(buffer, "PNG")
+    else:
+        picture.save(buffer, "JPEG", quality=90, subsampling=0)
+    data = buffer.getvalue()
+    path = OUTPUTS / f"{hashlib.sha256(data).hexdigest()[:40]}.{'png' if lossless else 'jpg'}"
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        OUTPUTS.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(dir=OUTPUTS, prefix=".staging-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(staging, path)
+    return str(path)
 
 
 def _check_cam(method: str, layer: str) -> None:
@@ -169,7 +213,7 @@ def predict(image, k: int = 3) -> dict[str, float]:
         x = to_input(_picture(image), CONFIG.mean, CONFIG.std, CONFIG.input_size)
     except ImageError as err:
         raise gr.Error(str(err), print_exception=False) from None
-    return dict(top_k(probabilities(MODEL, x), CLASSES, k))
+    return dict(top_k(probabilities(MODEL, x)[0], CLASSES, k))
 
 
 def hint(top_probability: float) -> str:
@@ -188,31 +232,33 @@ def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: st
     try:
         k = check_top_k(k)
         _check_cam(method, layer)
-        if target != TOP_CLASSES and target not in CLASSES:
+        if target not in CAM_TARGETS:
             raise CamError(f"unknown target {target!r}; choose {TOP_CLASSES!r} or one of {', '.join(CLASSES)}")
         picture = _picture(image)
         x = to_input(picture, CONFIG.mean, CONFIG.std, CONFIG.input_size)
     except (ImageError, CamError) as err:
         raise gr.Error(str(err), print_exception=False) from None
-    probs = probabilities(MODEL, x)
-    ranked = top_k(probs, CLASSES, k)
-    seen = shown(square_resize(picture, CONFIG.input_size))
-    note = hint(ranked[0][1])
-    if not show_cam:
-        return dict(ranked), [], seen, note
-    index = probs.topk(max(0, min(int(n_cams), k))).indices.tolist() if target == TOP_CLASSES else [
-        CLASSES.index(target)]
+    seen = served(shown(square_resize(picture, CONFIG.input_size)), lossless=True)
+    n_maps = max(0, min(int(n_cams), k)) if target == TOP_CLASSES else 1
+    if not show_cam or not n_maps:
+        probs = probabilities(MODEL, x)[0]
+        return dict(top_k(probs, CLASSES, k)), [], seen, hint(float(probs.max()))
     with _in_flight_lock:
         _in_flight += 1
         log.info("cam request start (in flight: %d)", _in_flight)
     try:
-        cams = class_maps(CAM_MODEL, x, layer, index, method)
+        # One pass gives the probabilities and the maps: for the top classes, class_maps ranks them itself.
+        cams, scores = class_maps(CAM_MODEL, x, layer, n_maps if target == TOP_CLASSES else [CLASSES.index(target)],
+                                  method, with_scores=True)
+        probs = scores[0].softmax(-1)
+        index = scores[0].topk(n_maps).indices.tolist() if target == TOP_CLASSES else [CLASSES.index(target)]
         base = shown(picture)
-        gallery = [(overlay(base, cam, opacity), f"{CLASSES[i]} ({probs[i]:.2f})") for i, cam in zip(index, cams)]
+        gallery = [(served(overlay(base, cam, opacity)), f"{CLASSES[i]} ({probs[i]:.2f})")
+                   for i, cam in zip(index, cams)]
     finally:
         with _in_flight_lock:
             _in_flight -= 1
-    return dict(ranked), gallery, seen, note
+    return dict(top_k(probs, CLASSES, k)), gallery, seen, hint(float(probs.max()))
 
 
 def misclassified(count: int = 10, with_cam: bool = False, layer: str = LAYER, opacity: float = 0.5,
@@ -220,7 +266,7 @@ def misclassified(count: int = 10, with_cam: bool = False, layer: str = LAYER, o
     """The model's most confident mistakes on the test set: image, true / predicted label, confidence. With CAMs,
     each mistake is explained both ways: the map for its true class, then the map for the predicted one."""
     if not PACK:
-        raise gr.Error("this model folder has no misclassified pack", print_exception=False)
+        raise gr.Error(PACK_PROBLEM or "this model folder has no misclassified pack", print_exception=False)
     try:
         _check_cam(method, layer)
     except CamError as err:
@@ -229,14 +275,15 @@ def misclassified(count: int = 10, with_cam: bool = False, layer: str = LAYER, o
     entries, images = PACK[:count], PACK_IMAGES[:count]
     pictures = [shown(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in images]
     if not with_cam:
-        return [(p, caption(e["true"], e["pred"], e["confidence"])) for p, e in zip(pictures, entries)]
+        return [(served(p, lossless=True), caption(e["true"], e["pred"], e["confidence"]))
+                for p, e in zip(pictures, entries)]
     x = CAM_MODEL.normalize(images)  # the pack holds the 32x32 test images themselves: no resizing
     pairs = [(i, side, CLASSES.index(e[key])) for i, e in enumerate(entries)
              for side, key in (("true", "true"), ("predicted", "pred"))]
     # One pass for all: the maps for the true and the predicted class of each image, and the probabilities.
     cams, scores = class_maps(CAM_MODEL, x, layer, [c for _, _, c in pairs], method, with_scores=True)
     probs = scores.softmax(-1)
-    return [(overlay(pictures[i], cam, opacity), f"{side}: {CLASSES[c]} ({probs[j, c]:.2f})")
+    return [(served(overlay(pictures[i], cam, opacity)), f"{side}: {CLASSES[c]} ({probs[j, c]:.2f})")
             for j, ((i, side, c), cam) in enumerate(zip(pairs, cams))]
 
 
@@ -268,7 +315,7 @@ LINKS = " · ".join(f"[{name}]({url})" for name, url in (
     ("model repo", f"https://huggingface.co/{SETTINGS['model_repo']}" if SETTINGS.get("model_repo") else None),
     ("training code on GitHub", SETTINGS.get("github_url"))) if url)
 
-with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps") as demo:
+with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps", delete_cache=DELETE_CACHE) as demo:
     gr.Markdown(
         f"# S10: a CIFAR-10 ResNet, explained\n"
         f"A 6.6 M-parameter ResNet trained on 32x32 CIFAR-10 images ({', '.join(CLASSES)}). "
@@ -277,9 +324,11 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps") as de
         "beside it). Class activation maps (torchcam) show where it looked for a class: its top classes, or any "
         "class you pick."
     )
+    gr.Markdown(f"<small>Model: {MODEL_SOURCE}</small>", elem_id="model-source")
     with gr.Row():
         with gr.Column():
-            image = readable_upload(gr.Image(type="filepath", label="Image", height=280))
+            # image_mode=None: the path of the upload as sent; load_image reads every mode (alpha goes on white)
+            image = readable_upload(gr.Image(type="filepath", image_mode=None, label="Image", height=280))
             k = gr.Slider(1, MAX_TOP_K, value=3, step=1, label="Top-k classes")
             run = gr.Button("Classify", variant="primary")
         with gr.Column():
@@ -292,18 +341,20 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps") as de
         show_cam = gr.Checkbox(value=False, label="Show class activation maps")
         with gr.Row(visible=False) as cam_controls:
             method = gr.Dropdown(list(CAM_METHODS), value=DEFAULT_METHOD, label="Method", elem_id="cam-method")
-            target = gr.Dropdown([TOP_CLASSES, *CLASSES], value=TOP_CLASSES, label="Explain",
-                                 elem_id="cam-target")
+            target = gr.Dropdown(CAM_TARGETS, value=TOP_CLASSES, label="Explain", elem_id="cam-target")
             n_cams = gr.Slider(1, MAX_TOP_K, value=3, step=1, label="Maps for the top classes (at most k)")
-            layer = gr.Dropdown(CONFIG.cam_layers, value=LAYER, label="Layer")
+            layer = gr.Dropdown(CONFIG.cam_layers, value=LAYER, label="Layer", elem_id="cam-layer")
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Map opacity")
         # fit_columns=False: one map (a chosen class) keeps a fifth of the width instead of stretching across it
         cam_gallery = gr.Gallery(label="Class activation maps", columns=5, fit_columns=False, height="auto",
                                  visible=False, format="png", elem_id="cam-gallery")
     with gr.Group():
-        show_mis = gr.Checkbox(value=False, label="Show misclassified test images")
+        show_mis = gr.Checkbox(value=False, label="Show misclassified test images", interactive=bool(PACK))
+        if PACK_PROBLEM:
+            gr.Markdown(f"*Not available: {PACK_PROBLEM}.*", elem_id="misclassified-problem")
         with gr.Row(visible=False) as mis_controls:
-            mis_count = gr.Slider(1, max(1, len(PACK)), value=min(10, max(1, len(PACK))), step=1,
+            # (a slider needs two values; without a pack its checkbox is off and cannot be switched on)
+            mis_count = gr.Slider(1, max(2, len(PACK)), value=min(10, max(1, len(PACK))), step=1,
                                   label="How many")
             mis_cam = gr.Checkbox(value=False, label="Explain both ways: maps for the true and the predicted class "
                                                      "(method, layer and opacity above)")
@@ -319,14 +370,14 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps") as de
         """Re-run on a changed control, quietly doing nothing while there is no image (e.g. after clearing it)."""
         return explain(image, *controls) if image else (None, [], None, "")
 
-    run.click(explain, inputs, outputs, api_name="explain", concurrency_limit=4)
-    image.change(refresh, inputs, outputs, api_name=False, concurrency_limit=4)
+    run.click(explain, inputs, outputs, api_name="explain", concurrency_limit=CONCURRENCY)
+    image.change(refresh, inputs, outputs, api_name=False, concurrency_limit=CONCURRENCY)
     for slider in (k, n_cams, opacity):
-        slider.release(refresh, inputs, outputs, api_name=False, concurrency_limit=4)
+        slider.release(refresh, inputs, outputs, api_name=False, concurrency_limit=CONCURRENCY)
     for dropdown in (layer, method, target):
-        dropdown.change(refresh, inputs, outputs, api_name=False, concurrency_limit=4)
+        dropdown.change(refresh, inputs, outputs, api_name=False, concurrency_limit=CONCURRENCY)
     show_cam.change(lambda on: [gr.update(visible=on)] * 2, show_cam, [cam_controls, cam_gallery], api_name=False) \
-        .then(refresh, inputs, outputs, api_name=False, concurrency_limit=4)
+        .then(refresh, inputs, outputs, api_name=False, concurrency_limit=CONCURRENCY)
     gr.Button("Top-k only", visible=False).click(predict, [image, k], label, api_name="predict")
 
     mis_inputs = [mis_count, mis_cam, layer, opacity, method]
@@ -344,4 +395,4 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps") as de
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     log.info("model: %s", MODEL_SOURCE)
-    demo.queue(default_concurrency_limit=4).launch()
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE).launch()

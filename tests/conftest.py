@@ -9,6 +9,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT / ".data" / "cifar10"  # `make data` unpacks the offline copy here
+RELEASED = ROOT / "release" / "model"
 
 
 def make_tree(root: Path, classes=("cat", "dog", "ship"), n_train=24, n_test=7, seed=0, learnable=True) -> Path:
@@ -112,3 +113,34 @@ class App:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def released_app(tmp_path_factory):
+    """space/app.py imported in this process with the released model (import builds the page, starts no server);
+    the pictures it returns go to a temporary gradio cache."""
+    import importlib.util
+
+    saved = {k: os.environ.get(k) for k in ("S10_MODEL", "GRADIO_TEMP_DIR")}
+    os.environ.update(S10_MODEL=str(RELEASED), GRADIO_TEMP_DIR=str(tmp_path_factory.mktemp("gradio-cache")))
+    try:
+        spec = importlib.util.spec_from_file_location("app_released", ROOT / "space" / "app.py")
+        app = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(app)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return app
+
+
+@pytest.fixture(scope="session")
+def server(smoke_run, tmp_path_factory):
+    """The real app serving the smoke run's (untrained) model."""
+    app = App(ROOT / "space" / "app.py", env={"S10_MODEL": str(smoke_run / "model"),
+                                              "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio-cache")),
+                                              "HF_HOME": str(tmp_path_factory.mktemp("hf"))}, cwd=ROOT)
+    yield app
+    app.stop()
