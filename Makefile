@@ -7,7 +7,7 @@ DATA := .data/cifar10
 RUN ?= runs/s10
 RELEASE := release
 
-.PHONY: help install test test-fast data train resume demo bench report release-record publish publish-dry-run clean browser
+.PHONY: help install test test-fast data train resume demo bench report release-record release-recalibrate screenshots publish publish-dry-run clean browser
 
 help:
 	@echo "make install | test | test-fast | data | train | resume | demo | bench | report | release-record RUN=... | publish-dry-run | publish"
@@ -51,7 +51,7 @@ resume: install data
 	$(PY) fabric_train.py --data $(DATA) --out $(RUN) --find-lr --resume
 
 report: install
-	$(PY) -m s10.report $(RELEASE) --readme README.md
+	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
 
 # Copy a finished run's record and model into release/ (no checkpoint), then write the README's results from it.
 release-record: install
@@ -59,7 +59,14 @@ release-record: install
 	rm -rf $(RELEASE) && mkdir -p $(RELEASE) && cp -r $(RUN)/. $(RELEASE)/
 	rm -rf $(RELEASE)/checkpoints $(RELEASE)/tensorboard
 	$(PY) -m hub.card $(RELEASE)
-	$(PY) -m s10.report $(RELEASE) --readme README.md
+	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
+
+# Measure the release's committed weights again and write what the evaluation adds since (calibration) into its
+# record, model card and README; model.safetensors is not rewritten.
+release-recalibrate: install data
+	$(PY) -m s10.evaluate $(RELEASE)/model $(DATA) --recalibrate $(RELEASE)
+	$(PY) -m hub.card $(RELEASE)
+	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
 
 # The released model; `make demo S10_MODEL=user/repo` (or any model folder) shows another.
 S10_MODEL ?= $(CURDIR)/$(RELEASE)/model
@@ -70,6 +77,10 @@ bench: install data
 	$(PY) bench/train_throughput.py --data $(DATA)
 	$(PY) bench/cam_faithfulness.py --data $(DATA) --markdown
 	$(PY) bench/app_latency.py
+
+# The README's and the Space's pictures: the real app with the released model, in Chromium.
+screenshots: install browser
+	$(PY) docs/screenshots.py
 
 publish-dry-run: install
 	$(PY) -m hub.push $(RELEASE) --dry-run build/model-repo

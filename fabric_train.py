@@ -1,17 +1,17 @@
 """Train the S10 net on CIFAR-10 with the S10 recipe: a LightningModule run by a minimal Fabric loop.
 
     python fabric_train.py --data .data/cifar10 --out runs/s10 --find-lr             # one device (GPU if any)
-    python fabric_train.py --data .data/cifar10 --out runs/s10 --resume              # continue a killed run
+    python fabric_train.py --data .data/cifar10 --out runs/s10 --find-lr --resume    # continue a killed run
     python fabric_train.py --accelerator cpu --devices 2 --data ... --out ...        # 2 processes (DDP, gloo)
     fabric run --accelerator cuda --devices 4 fabric_train.py --data ... --out ...   # 4 GPUs
+    fabric run --num-nodes 2 --node-rank R --main-address HOST ... fabric_train.py --num-nodes 2 ...   # 2 nodes
 
-Measured (bench/train_throughput.py, 2026-11-25): on 2 cores of an AMD EPYC (Zen 4, AVX512-BF16) a training step runs
-at 183 images/s in bf16-mixed (this CPU's default) and 91 images/s in 32-true, 89 % and 88 % of the cores' peak;
-about 6 minutes an epoch. The release run's accuracy and wall time are in README.md and release/.
+Measured speed: docs/speed.md; the release run's accuracy and wall time: README.md and docs/results.md.
 
 What changes versus plain PyTorch: Fabric places the model and data (no .to(device)), runs every forward pass under
 the precision's autocast (`--precision`), launches and syncs the processes (DDP), and saves/loads the checkpoint.
-The data stays on the device as uint8 and is augmented a batch at a time there (s10/data.py).
+The data stays on the device as uint8 and is augmented a batch at a time there (s10/data.py). Names: `net` is the
+network (an nn.Module), `module` the LightningModule that holds it, `model` what `fabric.setup` makes of the module.
 """
 
 from __future__ import annotations
@@ -27,16 +27,18 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from s10 import hardware
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]
 SMOKE_TRAIN_BATCHES = 3  # --smoke: global batches of training data per epoch
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic
 log = logging.getLogger("s10")
 
 
@@ -47,6 +49,43 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + error
         raise UsageError(message)
+
+
+@dataclass
+class Run:
+    """What the phases of a run share. Each phase takes the run and fills in or uses its parts."""
+
+    fabric: Any  # lightning.fabric.Fabric: devices, processes, precision, callbacks, loggers
+    args: argparse.Namespace  # the command line, precision resolved
+    recipe: Any  # s10.module.Recipe: epochs, batch size, learning rates (max_lr found by the LR range test)
+    code: dict  # the commit the code came from, read at start-up
+    saved: dict | None = None  # the run's config.json when it is resumed
+    data: Any = None  # s10.data.Dataset on the host: classes, sizes, the whole test split for the final evaluation
+    train: Any = None  # the training split, uint8 on the device
+    test: Any = None  # this rank's shard of the test split, uint8 on the device
+    module: Any = None  # s10.module.S10Module, the LightningModule; its network is module.net
+    model: Any = None  # the module as fabric.setup returned it (precision, DDP)
+    optimizer: Any = None
+    scheduler: Any = None
+    epoch: int = 0  # the last finished epoch
+    rows: list[dict] = field(default_factory=list)  # one metrics.csv row per finished epoch
+
+    @property
+    def out(self) -> Path:
+        return self.args.out
+
+    @property
+    def net(self):
+        return self.module.net
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / "checkpoints" / "last.ckpt"
+
+    def state(self) -> dict:
+        """What checkpoints/last.ckpt holds: fabric.save and fabric.load read and fill this dict."""
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "epoch": self.epoch,
+                "rng": torch.get_rng_state(), "recipe": asdict(self.recipe), "metrics": self.rows}
 
 
 # -- arguments -------------------------------------------------------------------------------------------------------
@@ -67,19 +106,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         group.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
                            help=f"{f.metadata['help']} (default {f.default:g})")
     p.add_argument("--precision", choices=PRECISIONS, help="default: bf16-mixed where the device has native bf16, "
-                   "else 16-mixed on a GPU and 32-true on a CPU (see README: Precision)")
+                   "else 16-mixed on a GPU and 32-true on a CPU (see docs/training.md: Precision)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (first steps are slower)")
     p.add_argument("--accelerator", default="auto", choices=ACCELERATORS)
     p.add_argument("--devices", default="auto", help="'auto', a count, or a comma list of GPU ids")
     p.add_argument("--strategy", default="auto", help="'auto', 'ddp', ... (Fabric strategies)")
     p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.ckpt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out: from checkpoints/last.ckpt, or from its start if it has none")
     p.add_argument("--smoke", action="store_true", help="a few batches of each split (for tests)")
     p.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
     p.add_argument("--test-limit", type=int, help="test on a seeded random subset of this many images")
     p.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=True,
-                   help="save checkpoints/last.ckpt every epoch (default on)")
+                   help="save checkpoints/last.ckpt before the first epoch and after every epoch (default on)")
     p.add_argument("--push-to-hub", metavar="USER/NAME", help="push model/ to this Hub model repo at the end")
     p.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)  # tests: simulate a killed run
     args = p.parse_args(argv)
@@ -95,54 +135,47 @@ def recipe_flags(args) -> dict:
 
 
 def start_or_resume(args):
-    """The run's recipe and, on --resume, its saved config. A resumed run keeps its own recipe (its found peak LR
-    included) and precision; a recipe flag that contradicts them is refused."""
+    """The run's recipe and, when --resume finds one, its saved config. A run folder is never a dead end: a resumed
+    run keeps its own recipe (its found peak LR included) and precision, from its checkpoint if it has one, else
+    from its start; a folder that a killed run left without a config (killed during the LR range test) starts over.
+    A flag that contradicts the resumed run is refused."""
     from s10.module import Recipe
 
-    out, ckpt = args.out, args.out / "checkpoints" / "last.ckpt"
-    if not args.resume:
-        if (out / "config.json").exists() or ckpt.exists():
-            raise UsageError(f"--out {out} already holds a run; pass --resume to continue it, or another --out")
-        try:
-            return Recipe(**recipe_flags(args)), None
-        except ValueError as err:  # "batch_size must be ..." -> "--batch-size must be ..."
-            name, rest = str(err).split(" ", 1)
-            raise UsageError(f"--{name.replace('_', '-')} {rest}") from None
-    if not ckpt.is_file():
-        raise UsageError(f"--resume: no checkpoint at {ckpt}")
-    saved = json.loads((out / "config.json").read_text())
-    recipe = Recipe(**saved["recipe"])
-    for name, value in recipe_flags(args).items():
-        if value != getattr(recipe, name):
-            raise UsageError(f"--resume: the run in {out} has --{name.replace('_', '-')} {getattr(recipe, name)}, "
-                             f"not {value}")
-    args.precision = args.precision or saved["args"]["precision"]
-    return recipe, saved
+    out = args.out
+    if args.resume and (out / "config.json").is_file():
+        saved = json.loads((out / "config.json").read_text())
+        recipe = Recipe(**saved["recipe"])
+        for name, value in recipe_flags(args).items():
+            if value != getattr(recipe, name):
+                raise UsageError(f"--resume: the run in {out} has --{name.replace('_', '-')} "
+                                 f"{getattr(recipe, name)}, not {value}")
+        if args.precision not in (None, saved["args"]["precision"]):
+            raise UsageError(f"--resume: the run in {out} has --precision {saved['args']['precision']}, "
+                             f"not {args.precision}")
+        args.precision = saved["args"]["precision"]
+        return recipe, saved
+    if not args.resume and ((out / "config.json").exists() or (out / "checkpoints" / "last.ckpt").exists()):
+        raise UsageError(f"--out {out} already holds a run; pass --resume to continue it, or another --out")
+    try:
+        return Recipe(**recipe_flags(args)), None
+    except ValueError as err:  # "batch_size must be ..." -> "--batch-size must be ..."
+        name, rest = str(err).split(" ", 1)
+        raise UsageError(f"--{name.replace('_', '-')} {rest}") from None
 
 
 # -- Fabric ----------------------------------------------------------------------------------------------------------
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def default_precision(device_type: str) -> str:
     """bf16-mixed where the device computes in bf16 natively, else 16-mixed on a GPU and 32-true on a CPU.
 
     GPU: `is_bf16_supported(including_emulation=False)` (Ampere and newer); a T4 or V100 only emulates bf16 and gets
-    16-mixed. CPU: native bf16 means AVX512-BF16 or AMX; there bf16 autocast runs an S10 step about 2x faster than
-    float32 (bench/train_throughput.py), while on a CPU without it, it runs many times slower."""
+    16-mixed. CPU: native bf16 means AVX512-BF16 or AMX; there bf16 autocast runs an S10 step about twice as fast as
+    float32 (docs/speed.md), while on a CPU without it, it runs many times slower."""
     if device_type == "cuda":
         return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
     if device_type == "cpu":
-        return "bf16-mixed" if cpu_flags() & set(CPU_BF16_FLAGS) else "32-true"
+        return "bf16-mixed" if hardware.cpu().native_bf16 else "32-true"
     return "32-true"
 
 
@@ -160,9 +193,11 @@ def parse_devices(value: str):
 
 
 def build_fabric(args):
-    """Fabric with the run's callbacks (switched on or off by flags) and loggers; the precision resolved here."""
+    """Fabric with the run's callbacks (switched on or off by flags) and loggers; the precision resolved here. A flag
+    Fabric rejects is a usage error; anything else (a CUDA or NCCL failure, no memory) keeps its traceback."""
     from lightning.fabric import Fabric
     from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from s10.callbacks import Checkpoint, ProgressBar
 
@@ -180,28 +215,32 @@ def build_fabric(args):
     # Fabric announces the precision on stderr before the flags are all checked; the run's log states it instead.
     for name in ("lightning.fabric", "lightning.pytorch"):  # rank_zero_info logs to one of them
         logging.getLogger(name).setLevel(logging.WARNING)
+
+    def fabric(precision):
+        return Fabric(accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes,
+                      precision=precision, callbacks=callbacks, loggers=loggers)
+
     try:
-        fabric = Fabric(accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes,
-                        precision=args.precision or "32-true", callbacks=callbacks, loggers=loggers)
-        if args.precision is None:  # the device is known only now
-            args.precision = default_precision(fabric.device.type)
-            fabric = Fabric(accelerator=args.accelerator, devices=devices, strategy=args.strategy,
-                            num_nodes=args.num_nodes, precision=args.precision, callbacks=callbacks, loggers=loggers)
-    except Exception as err:  # Fabric's MisconfigurationException / ValueError / RuntimeError on bad flags
+        if args.precision is None:  # the device is known once Fabric has chosen it
+            args.precision = default_precision(fabric("32-true").device.type)
+        return fabric(args.precision)
+    except (MisconfigurationException, ValueError, TypeError) as err:  # a flag Fabric does not accept
         raise UsageError(str(err).splitlines()[0]) from None
-    return fabric
 
 
 # -- data and model --------------------------------------------------------------------------------------------------
 
 
-def load_data(fabric, args, recipe):
-    """Rank 0 loads (downloads, decodes, caches) first, the other ranks then read its cache; every rank takes the
-    same seeded subsets. A data error stops every rank with rank 0's message."""
-    from s10.data import DataError, load_dataset
+def load_data(run: Run) -> None:
+    """Each node's local rank 0 loads (downloads, decodes, caches) first and the node's other ranks then read its
+    cache, so nodes without a shared file system each prepare their own copy; every rank takes the same seeded
+    subsets, puts the training split and its shard of the test split on its device. A data error stops every rank
+    with rank 0's message."""
+    from s10.data import DataError, load_dataset, shard
 
+    fabric, args, recipe = run.fabric, run.args, run.recipe
     data, error = None, None
-    with fabric.rank_zero_first():
+    with fabric.rank_zero_first(local=True):
         try:
             data = load_dataset(args.data)
         except DataError as err:
@@ -218,50 +257,65 @@ def load_data(fabric, args, recipe):
         data.test = data.test.subset(torch.randperm(len(data.test), generator=pick)[:test_limit].sort().values)
     if len(data.train) < recipe.batch_size:
         raise UsageError(f"{len(data.train)} training images is less than one --batch-size {recipe.batch_size}")
-    return data
+    run.data = data
+    run.train = data.train.to(fabric.device)
+    run.test = data.test.subset(shard(len(data.test), fabric.global_rank, fabric.world_size)).to(fabric.device)
 
 
-def setup_model(fabric, args, data, recipe):
+def setup_model(run: Run) -> None:
     """The LightningModule, channels_last, set up by Fabric. `--compile` compiles the network in place
     (`nn.Module.compile`), so its parameters keep their plain names in checkpoints and in the released weights,
     and every path to it (training step, evaluation, LR range test) runs the compiled code."""
     from s10.model import S10Config
     from s10.module import S10Module
 
-    arch = S10Config(num_classes=len(data.classes), class_names=data.classes)
-    with fabric.init_module():
-        module = S10Module(arch, recipe, steps_per_epoch=len(data.train) // recipe.batch_size)
-    module = module.to(memory_format=torch.channels_last)
-    if args.compile:
-        module.model.compile()
-    return module, fabric.setup_module(module)
+    arch = S10Config(num_classes=len(run.data.classes), class_names=run.data.classes)
+    with run.fabric.init_module():
+        module = S10Module(arch, run.recipe, steps_per_epoch=len(run.train) // run.recipe.batch_size)
+    run.module = module.to(memory_format=torch.channels_last)
+    if run.args.compile:
+        run.module.net.compile()
+    run.model = run.fabric.setup_module(run.module)
+
+
+def setup_optimizer(run: Run) -> None:
+    """Adam and the One Cycle schedule, from the recipe as it stands (its peak LR found by now)."""
+    opt_config = run.module.configure_optimizers()
+    run.optimizer = run.fabric.setup_optimizers(opt_config["optimizer"])
+    run.scheduler = opt_config["lr_scheduler"]["scheduler"]
 
 
 # -- LR range test ---------------------------------------------------------------------------------------------------
 
 
-def find_lr(fabric, model, module, train, recipe, out: Path) -> float:
-    """The LR range test on the run's own augmented batches, in lockstep on every rank; its suggestion."""
+def find_lr(run: Run) -> float:
+    """The LR range test on the run's own augmented batches, in lockstep on every rank; its suggestion. It restores
+    the network, the optimizer and the precision's gradient scaler afterwards."""
     from s10 import plots
     from s10.data import augmented_batches
     from s10.lr_finder import SUGGESTION_RULE, lr_range_test
 
-    cfg, t0 = module.model.config, time.perf_counter()
-    epochs = (augmented_batches(train, recipe.batch_size, fabric.global_rank, fabric.world_size, recipe.seed,
+    fabric, recipe, cfg, t0 = run.fabric, run.recipe, run.net.config, time.perf_counter()
+    log.info(f"LR range test: up to {recipe.lr_find_steps} steps")
+    epochs = (augmented_batches(run.train, recipe.batch_size, fabric.global_rank, fabric.world_size, recipe.seed,
                                 -1 - e, cfg.mean, cfg.std) for e in itertools.count())  # epochs -1, -2, ...
     batches = list(itertools.islice(itertools.chain.from_iterable(epochs), recipe.lr_find_steps))
 
     def step_loss(batch):
         with fabric.autocast():
-            return model.training_step(batch, 0)["loss"]
+            return run.model.training_step(batch, 0)["loss"]
 
-    optimizer = fabric.setup_optimizers(module.configure_optimizers()["optimizer"])
-    found = lr_range_test(step_loss, model, optimizer, batches, backward=fabric.backward,
+    scaler = getattr(fabric.strategy.precision, "scaler", None)  # 16-mixed: the loss scale must not drift
+    scaler_state = scaler.state_dict() if scaler is not None else None
+    optimizer = fabric.setup_optimizers(run.module.configure_optimizers()["optimizer"])
+    found = lr_range_test(step_loss, run.model, optimizer, batches, backward=fabric.backward,
                           reduce=lambda loss: fabric.all_reduce(loss, reduce_op="mean"),
                           num_steps=recipe.lr_find_steps)
+    if scaler is not None:
+        scaler.load_state_dict(scaler_state)
     if fabric.is_global_zero:
-        found.write_csv(out / "lr_finder.csv")
-        plots.lr_finder(found, out / "lr_finder.png", SUGGESTION_RULE)
+        found.write_csv(run.out / "lr_finder.csv")
+        plots.lr_finder(found, run.out / "lr_finder.png", SUGGESTION_RULE)
     log.info(f"LR range test: {len(found.lrs)} steps in {time.perf_counter() - t0:.0f} s, suggested peak LR "
              f"{found.suggestion:.3e} ({SUGGESTION_RULE})")
     return found.suggestion
@@ -270,66 +324,84 @@ def find_lr(fabric, model, module, train, recipe, out: Path) -> float:
 # -- fit -------------------------------------------------------------------------------------------------------------
 
 
-def train_epoch(fabric, model, optimizer, scheduler, train, recipe, epoch: int) -> tuple[float, float]:
+def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
     """One epoch of optimizer steps; (the last step's LR, seconds)."""
     from s10.data import augmented_batches
 
-    cfg = model.model.config
-    model.train()
+    fabric, recipe, cfg = run.fabric, run.recipe, run.net.config
+    run.model.train()
     fabric.call("on_train_epoch_start", fabric=fabric, epoch=epoch, epochs=recipe.epochs,
-                steps=len(train) // recipe.batch_size)
+                steps=len(run.train) // recipe.batch_size)
     t0 = time.perf_counter()
-    batches = augmented_batches(train, recipe.batch_size, fabric.global_rank, fabric.world_size, recipe.seed, epoch,
-                                cfg.mean, cfg.std)
+    batches = augmented_batches(run.train, recipe.batch_size, fabric.global_rank, fabric.world_size, recipe.seed,
+                                epoch, cfg.mean, cfg.std)
     for i, batch in enumerate(batches):
         with fabric.autocast():
-            step = model.training_step(batch, i)
-        optimizer.zero_grad(set_to_none=True)
+            step = run.model.training_step(batch, i)
+        run.optimizer.zero_grad(set_to_none=True)
         fabric.backward(step["loss"])
-        optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]  # the LR this step used
-        scheduler.step()
+        run.optimizer.step()
+        lr = run.optimizer.param_groups[0]["lr"]  # the LR this step used
+        run.scheduler.step()
         fabric.call("on_train_batch_end", fabric=fabric, outputs=step, batch=batch, batch_idx=i, lr=lr)
     if fabric.device.type == "cuda":
         torch.cuda.synchronize()
     return lr, time.perf_counter() - t0
 
 
-def validate(fabric, model, test, per_rank: int) -> None:
+def validate(run: Run) -> None:
     """This rank's share of the test set through validation_step, under the run's precision."""
     from s10.data import normalize
 
-    cfg = model.model.config
-    model.eval()
+    fabric, test, cfg, per_rank = run.fabric, run.test, run.net.config, run.recipe.batch_size // run.fabric.world_size
+    run.model.eval()
     fabric.call("on_validation_epoch_start")
     with torch.no_grad(), fabric.autocast():
         for i in range(0, len(test), per_rank):
             x = normalize(test.images[i:i + per_rank], cfg.mean, cfg.std).contiguous(memory_format=torch.channels_last)
-            model.validation_step((x, test.labels[i:i + per_rank]), i)
+            run.model.validation_step((x, test.labels[i:i + per_rank]), i)
 
 
-def fit(fabric, args, model, module, optimizer, scheduler, train, test, recipe, state) -> bool:
+def fit(run: Run) -> bool:
     """The epochs left to run; False if stopped early (--stop-after-epoch)."""
-    rows, per_rank, steps = state["metrics"], recipe.batch_size // fabric.world_size, len(train) // recipe.batch_size
-    for epoch in range(state["epoch"] + 1, recipe.epochs + 1):
+    fabric, recipe = run.fabric, run.recipe
+    images = len(run.train) // recipe.batch_size * recipe.batch_size
+    fabric.call("on_train_start", fabric=fabric, state=run.state())  # checkpoint at epoch 0: the found LR survives
+    for epoch in range(run.epoch + 1, recipe.epochs + 1):
         # fabric.call reaches the callbacks and the LightningModule's own hooks (on_train_epoch_start, ...).
-        lr, train_time = train_epoch(fabric, model, optimizer, scheduler, train, recipe, epoch)
-        validate(fabric, model, test, per_rank)
-        row = {"epoch": epoch, "lr": lr, **module.epoch_metrics(),
-               "epoch_time_s": round(train_time, 3), "images_per_s": round(steps * recipe.batch_size / train_time, 1)}
-        rows.append(row)
+        lr, train_time = train_epoch(run, epoch)
+        validate(run)
+        row = {"epoch": epoch, "lr": lr, **run.module.epoch_metrics(), "epoch_time_s": round(train_time, 3),
+               "images_per_s": round(images / train_time, 1)}
+        run.rows.append(row)
         fabric.log_dict(row, step=epoch)
         for logger in fabric.loggers:
             logger.save()
-        state["epoch"], state["rng"] = epoch, torch.get_rng_state()
-        fabric.call("on_train_epoch_end", fabric=fabric, epoch=epoch, row=row, state=state)
+        run.epoch = epoch
+        fabric.call("on_train_epoch_end", fabric=fabric, epoch=epoch, row=row, state=run.state())
         log.info(f"epoch {epoch:2d}/{recipe.epochs} lr {row['lr']:.2e} train loss {row['train_loss']:.4f} "
                  f"acc {row['train_acc']:.4f} | test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f} | "
                  f"{train_time:.1f} s, {row['images_per_s']:.0f} img/s")
-        if args.stop_after_epoch == epoch and epoch < recipe.epochs:
+        if run.args.stop_after_epoch == epoch and epoch < recipe.epochs:
             log.info(f"stopping after epoch {epoch} (--stop-after-epoch)")
             return False
     return True
+
+
+def resume(run: Run) -> None:
+    """Load checkpoints/last.ckpt into the run. The checkpoint carries the per-epoch rows; CSVLogger deletes an
+    existing metrics.csv when it starts, so they are written back at once."""
+    state = run.state()
+    rest = run.fabric.load(run.checkpoint, state)
+    torch.set_rng_state(state["rng"])
+    run.epoch = state["epoch"]
+    run.rows = rest.get("metrics") or state["metrics"] or read_metrics(run.out / "metrics.csv", run.epoch)
+    for row in run.rows:
+        run.fabric.log_dict(row, step=row["epoch"])
+    if run.rows:
+        for logger in run.fabric.loggers:
+            logger.save()
+    log.info(f"resumed {run.out} at epoch {run.epoch}/{run.recipe.epochs}")
 
 
 # -- final evaluation and files --------------------------------------------------------------------------------------
@@ -346,30 +418,33 @@ def gather_uneven(fabric, tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
 
 
-def finish(fabric, args, module, data, test, recipe, rows) -> None:
-    """Every rank predicts its share of the test set, rank 0 writes the results from all of it. These figures are
-    the published ones, so they are measured as users run the weights: in float32 (`python -m s10.evaluate` and
-    the app get the same), whatever the training precision."""
+def finish(run: Run) -> None:
+    """Every rank predicts its share of the test set, rank 0 writes the results from all of it and the model card.
+    These figures are the published ones, so they are measured as users run the weights: in float32
+    (`python -m s10.evaluate` and the app get the same), whatever the training precision."""
+    from hub.card import write_model_card
     from s10.evaluate import predict_logits, write_results
 
-    net, cfg, per_rank = module.model, module.model.config, recipe.batch_size // fabric.world_size
+    fabric, net, cfg = run.fabric, run.net, run.net.config
+    per_rank = run.recipe.batch_size // fabric.world_size
     net.eval()
-    logits = gather_uneven(fabric, predict_logits(net, test.images, cfg.mean, cfg.std, per_rank))
-    flipped = gather_uneven(fabric, predict_logits(net, test.images, cfg.mean, cfg.std, per_rank, flip=True))
+    logits = gather_uneven(fabric, predict_logits(net, run.test.images, cfg.mean, cfg.std, per_rank))
+    flipped = gather_uneven(fabric, predict_logits(net, run.test.images, cfg.mean, cfg.std, per_rank, flip=True))
     if fabric.is_global_zero:
-        results = write_results(args.out, rows, data, net, logits, (logits + flipped) / 2, recipe,
-                                module.lr_schedule())
+        results = write_results(run.out, run.rows, run.data, net, logits, (logits + flipped) / 2, run.recipe,
+                                run.module.lr_schedule())
+        write_model_card(run.out)
         log.info(f"final evaluation of the published weights (float32, {results['test_images']:,} test images): "
-                 f"test accuracy {results['test_acc']:.4f}, flip TTA {results['test_acc_tta']:.4f}; wrote {args.out}")
+                 f"test accuracy {results['test_acc']:.4f}, flip TTA {results['test_acc_tta']:.4f}; wrote {run.out}")
     fabric.barrier()
-    if args.push_to_hub and fabric.is_global_zero:
+    if run.args.push_to_hub and fabric.is_global_zero:
         from hub.push import PushError, push_run
 
         try:
-            log.info(push_run(args.out, args.push_to_hub))
+            log.info(push_run(run.out, run.args.push_to_hub))
         except PushError as err:
-            raise UsageError(f"{err} (the run is complete in {args.out}; retry with python -m hub.push "
-                             f"{args.out})") from None
+            raise UsageError(f"{err} (the run is complete in {run.out}; retry with python -m hub.push "
+                             f"{run.out})") from None
 
 
 # -- provenance ------------------------------------------------------------------------------------------------------
@@ -389,53 +464,45 @@ def code_version() -> dict:
     return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run_provenance(data, code: dict) -> dict:
     import lightning
     import torchmetrics
     import torchvision
 
-    flags = cpu_flags()
+    cpu = hardware.cpu()
     return {
         **code,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "lightning": lightning.__version__,
                      "torchmetrics": torchmetrics.__version__},
-        "hardware": {"platform": platform.platform(), "cpu": cpu_name(), "cpu_threads": torch.get_num_threads(),
-                     "cpu_bf16": sorted(flags & set(CPU_BF16_FLAGS)), "cpu_avx512": "avx512f" in flags,
+        "hardware": {"platform": platform.platform(), "cpu": cpu.name, "cpu_threads": torch.get_num_threads(),
+                     "cpu_bf16": sorted(cpu.flags & set(hardware.BF16_FLAGS)), "cpu_avx512": "avx512f" in cpu.flags,
                      "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "data": {"source": data.source, "classes": data.classes, "train_images": len(data.train),
                  "test_images": len(data.test)},
     }
 
 
-def write_config(fabric, args, recipe, arch, data, code, saved, start_epoch: int) -> None:
+def write_config(run: Run) -> None:
     """Rank 0: config.json. A resume keeps the run's original flags and provenance and records itself beside them."""
-    if not fabric.is_global_zero:
+    if not run.fabric.is_global_zero:
         return
+    args, recipe, data, world = run.args, run.recipe, run.data, run.fabric.world_size
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    world = fabric.world_size
-    if saved is None:
-        config = {"args": flags, "recipe": asdict(recipe), "arch": asdict(arch), "world_size": world,
-                  "steps_per_epoch": len(data.train) // recipe.batch_size, **run_provenance(data, code)}
+    if run.saved is None:
+        config = {"args": flags, "recipe": asdict(recipe), "arch": asdict(run.net.config), "world_size": world,
+                  "num_nodes": args.num_nodes, "steps_per_epoch": len(data.train) // recipe.batch_size,
+                  **run_provenance(data, run.code)}
         log.info(f"S10 on {data.source}: {len(data.train)} train / {len(data.test)} test images, "
-                 f"{world} x {fabric.device.type}, {args.precision}, batch {recipe.batch_size}, "
-                 f"{recipe.epochs} epochs of {config['steps_per_epoch']} steps, peak LR {recipe.max_lr:.3e}")
+                 f"{world} x {run.fabric.device.type} on {args.num_nodes} node(s), {args.precision}, batch "
+                 f"{recipe.batch_size}, {recipe.epochs} epochs of {config['steps_per_epoch']} steps, peak LR "
+                 f"{recipe.max_lr:.3e}")
     else:
-        config = saved
+        config = run.saved
         config["recipe"] = asdict(recipe)
-        config.setdefault("resumes", []).append({"from_epoch": start_epoch, "args": flags, "world_size": world,
-                                                 **run_provenance(data, code)})
-    (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        config.setdefault("resumes", []).append({"from_epoch": run.epoch, "args": flags, "world_size": world,
+                                                 **run_provenance(data, run.code)})
+    (run.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def setup_logging(out: Path, rank_zero: bool) -> None:
@@ -468,7 +535,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from lightning.fabric.utilities.seed import seed_everything
 
-    from s10.data import DataError, check_source, shard
+    from s10.data import DataError, check_source
 
     # CSVLogger warns that the run folder is not empty: it holds the rest of the run, by design.
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
@@ -489,41 +556,24 @@ def main(argv=None) -> int:
     if fabric.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest convolution once
     seed_everything(recipe.seed, verbose=False)
+    if args.resume and saved is None:
+        log.info(f"--resume: {args.out} holds no config yet (stopped before its LR range test finished); starting "
+                 "from the beginning")
 
-    data = load_data(fabric, args, recipe)
-    train = data.train.to(fabric.device)
-    test = data.test.subset(shard(len(data.test), fabric.global_rank, fabric.world_size)).to(fabric.device)
-    module, model = setup_model(fabric, args, data, recipe)
-    if args.find_lr and not args.resume:
-        recipe.max_lr = find_lr(fabric, model, module, train, recipe, args.out)
-
-    opt_config = module.configure_optimizers()
-    optimizer = fabric.setup_optimizers(opt_config["optimizer"])
-    scheduler = opt_config["lr_scheduler"]["scheduler"]
-    state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "epoch": 0,
-             "rng": torch.get_rng_state(), "recipe": asdict(recipe), "metrics": []}
-    if args.resume:
-        resume(fabric, args, state)
-    write_config(fabric, args, recipe, module.model.config, data, code, saved, state["epoch"])
-
-    if fit(fabric, args, model, module, optimizer, scheduler, train, test, recipe, state):
-        finish(fabric, args, module, data, test, recipe, state["metrics"])
+    run = Run(fabric, args, recipe, code, saved)
+    load_data(run)
+    setup_model(run)
+    if args.find_lr and saved is None:  # a resumed run keeps the LR its range test found
+        run.recipe.max_lr = find_lr(run)
+    setup_optimizer(run)
+    if saved is not None and run.checkpoint.is_file():
+        resume(run)
+    elif saved is not None:
+        log.info(f"--resume: {args.out} has no checkpoint yet; starting its first epoch again with its recipe")
+    write_config(run)
+    if fit(run):
+        finish(run)
     return 0
-
-
-def resume(fabric, args, state: dict) -> None:
-    """Load checkpoints/last.ckpt into `state`. The checkpoint carries the per-epoch rows; CSVLogger deletes an
-    existing metrics.csv when it starts, so they are written back at once."""
-    rest = fabric.load(args.out / "checkpoints" / "last.ckpt", state)
-    torch.set_rng_state(state["rng"])
-    state["metrics"] = rest.get("metrics") or state["metrics"] or read_metrics(args.out / "metrics.csv",
-                                                                                state["epoch"])
-    for row in state["metrics"]:
-        fabric.log_dict(row, step=row["epoch"])
-    if state["metrics"]:
-        for logger in fabric.loggers:
-            logger.save()
-    log.info(f"resumed {args.out} at epoch {state['epoch']}/{state['recipe']['epochs']}")
 
 
 def cli(argv=None) -> int:

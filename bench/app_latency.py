@@ -38,7 +38,12 @@ def timings(fn, repeats: int) -> np.ndarray:
     return np.array(out)
 
 
+ROWS: list[dict] = []  # what --json writes: one row per measurement
+
+
 def report(name: str, ms: np.ndarray, goal: float | None = None, baseline: np.ndarray | None = None) -> None:
+    ROWS.append({"name": name, "p50_ms": round(float(np.percentile(ms, 50)), 1),
+                 "p95_ms": round(float(np.percentile(ms, 95)), 1), "goal_ms": goal})
     line = f"{name:<44} p50 {np.percentile(ms, 50):7.1f} ms   p95 {np.percentile(ms, 95):7.1f} ms"
     if baseline is not None:
         line += f"   x{np.percentile(ms, 50) / np.percentile(baseline, 50):.2f} of baseline"
@@ -90,6 +95,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(ROOT / "release" / "model"))
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--json", type=Path, help="write the results here (bench/results/app_latency.json)")
     args = p.parse_args()
     os.environ["S10_MODEL"] = args.model
     spec = importlib.util.spec_from_file_location("app", ROOT / "space" / "app.py")
@@ -98,7 +104,8 @@ def main() -> None:
     from torchcam.methods import GradCAM
 
     examples = [str(x) for x in app.EXAMPLES]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}")
+    threads = torch.get_num_threads()  # as the app sets it (S10_THREADS)
+    print(f"torch {torch.__version__}, {threads} threads, model {args.model}")
 
     x = torch.randn(1, 3, 32, 32)
     with torch.inference_mode():
@@ -141,8 +148,17 @@ def main() -> None:
     repo = json.loads((ROOT / "project.json").read_text())["model_repo"]
     for name, model, offline in (("model folder", args.model, True), (f"{repo}, Hub unreachable", repo, False)):
         seconds = startup_seconds(model, offline)
+        ROWS.append({"name": f"start to first answer, {name}", "seconds": round(seconds, 1), "goal_s": 10})
         print(f"{'start to first answer, ' + name:<44} {seconds:.1f} s   (goal < 10 s: "
               f"{'met' if seconds < 10 else 'MISSED'})")
+    if args.json:
+        from s10 import hardware
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": hardware.cpu().describe(), "torch": torch.__version__,
+                                         "threads": threads, "date": time.strftime("%Y-%m-%d"),
+                                         "repeats": args.repeats, "rows": ROWS}, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
 if __name__ == "__main__":
     main()

@@ -18,10 +18,8 @@ The README's "Serving" section is rendered from the JSON (python -m s10.bench_re
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import platform
 import random
 import shutil
 import socket
@@ -37,6 +35,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from s10 import hardware  # noqa: E402
+
 EXAMPLES = sorted((ROOT / "space" / "examples").glob("*.png"))
 KINDS = ["predict", "explain", "explain+maps", "gallery"]
 
@@ -78,8 +80,16 @@ class Server:
         return float("nan")
 
     def cache_size(self) -> tuple[int, float]:
-        files = [p for p in self.cache.rglob("*") if p.is_file()]
-        return len(files), sum(p.stat().st_size for p in files) / 1e6
+        """Files and MB in the server's gradio cache (files deleted meanwhile are skipped)."""
+        count, size = 0, 0
+        for path in self.cache.rglob("*"):
+            try:
+                if path.is_file():
+                    size += path.stat().st_size
+                    count += 1
+            except FileNotFoundError:
+                pass
+        return count, size / 1e6
 
     def stop(self):
         self.proc.terminate()
@@ -192,6 +202,8 @@ def soak(server: Server, total: int, users: int, uploads: list[str], seed: int =
                     files, mb = server.cache_size()
                     samples.append({"requests": done, "rss_mb": round(server.rss_mb(), 1),
                                     "cache": [files, round(mb, 2)]})
+                    print(f"soak: after {done:>5} requests  RSS {samples[-1]['rss_mb']:7.1f} MB   cache "
+                          f"{files:>5} files {mb:6.2f} MB   errors {len(errors)}", flush=True)
 
     t = time.perf_counter()
     with ThreadPoolExecutor(users) as pool:
@@ -213,15 +225,6 @@ def distinct_uploads(folder: Path, n: int = 40) -> list[str]:
     return paths
 
 
-def machine() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                platform.processor())
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    shown_flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name}, {os.cpu_count()} cores, flags {' '.join(shown_flags) or 'none of avx2/avx512'}"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(ROOT / "release" / "model"))
@@ -235,7 +238,7 @@ def main() -> None:
     import gradio
     import torch
 
-    out = {"machine": machine(), "torch": torch.__version__, "gradio": gradio.__version__,
+    out = {"machine": hardware.cpu().describe(), "torch": torch.__version__, "gradio": gradio.__version__,
            "date": time.strftime("%Y-%m-%d"), "seconds": args.seconds, "runs": {}}
     print(f"{out['machine']}; torch {out['torch']}, gradio {out['gradio']}; {args.seconds:g} s per run")
     for name, script in (("noop", ROOT / "bench" / "noop_app.py"), ("app", ROOT / "space" / "app.py")):
@@ -266,9 +269,6 @@ def main() -> None:
                 result = soak(server, args.soak, 8, distinct_uploads(Path(tmp)))
             result["delete_cache"] = args.delete_cache
             out["soak"] = result
-            for s in result["samples"]:
-                print(f"soak: after {s['requests']:>5} requests  RSS {s['rss_mb']:7.1f} MB   cache {s['cache'][0]:>5}"
-                      f" files {s['cache'][1]:6.2f} MB")
             print(f"soak: {result['requests']} requests in {result['seconds']} s, errors {result['errors']}, RSS "
                   f"growth over the second half {result['rss_growth_second_half_mb']:+.1f} MB"
                   + (f"  e.g. {result['error_samples'][0]}" if result["errors"] else ""))

@@ -1,6 +1,6 @@
 """How faithful and how fast each CAM method is at each layer: the measurement behind the app's default.
 
-    python bench/cam_faithfulness.py --data .data/cifar10 [--model release/model] [--images 500] [--markdown]
+    python bench/cam_faithfulness.py --data .data/cifar10 [--model release/model] [--images 500] [--json FILE]
 
 For every method the app offers (s10.cam.CAM_METHODS) at every CAM layer, on a fixed sample of test images (a
 seeded random choice), torchcam's ClassificationMetric (Chattopadhyay et al. 2018, Grad-CAM++) explains each image's
@@ -19,6 +19,7 @@ and so loses little confidence, but it covers a photo in four blobs and cannot p
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from functools import partial
@@ -59,7 +60,8 @@ def main() -> None:
     p.add_argument("--images", type=int, default=500)
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--repeats", type=int, default=20, help="latency: timed calls per (method, layer)")
-    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
+    p.add_argument("--json", type=Path, help="write the results here (bench/results/cam_faithfulness.json, which "
+                   "bench/render.py puts into docs/app.md)")
     args = p.parse_args()
     torch.manual_seed(0)
     model = freeze(S10Net.from_pretrained(args.model))
@@ -108,14 +110,19 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     print(f"default: {choice['method']} at {choice['layer']} (average drop {choice['drop']:.3f}, increase "
           f"{choice['increase']:.3f}, 3 maps {choice['ms']:.1f} ms)")
-    if args.markdown:
-        print("\n| method | " + " | ".join(f"`{layer}` ({sides[layer]}x{sides[layer]})" for layer in layers) + " |")
-        print("|---|" + "---:|" * len(layers))
-        for method in CAM_METHODS:
-            cells = [next(r for r in rows if r["method"] == method and r["layer"] == layer) for layer in layers]
-            text = [f"{c['drop']:.3f} / {c['increase']:.3f} / {c['ms']:.0f} ms" for c in cells]
-            print(f"| {method} | " + " | ".join(f"**{t}**" if c is choice else t for c, t in zip(cells, text)) + " |")
-        print("| ScoreCAM (latency only) | " + " | ".join(f"{score_ms[layer]:.0f} ms" for layer in layers) + " |")
+    if args.json:
+        from s10 import hardware
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "machine": hardware.cpu().describe(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d"), "images": len(x_all), "repeats": args.repeats,
+            "rule": {"min_map_side": MIN_MAP_SIDE, "latency_budget_ms": LATENCY_BUDGET_MS, "tie_drop": TIE_DROP},
+            "sides": sides, "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+                                     for r in rows],
+            "scorecam_ms": {k: round(v, 1) for k, v in score_ms.items()},
+            "choice": {"method": choice["method"], "layer": choice["layer"]}}, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from s10 import hardware  # noqa: E402
+
 # Dense peak TFLOP/s by GPU name fragment: (32-true as run, i.e. TF32 tensor cores where cuDNN uses them, bf16/fp16).
 GPU_PEAK_TFLOPS = {
     "H200": (494.7, 989.4), "H100": (494.7, 989.4), "A100": (156.0, 312.0), "L40S": (183.0, 362.0),
@@ -99,26 +101,6 @@ def training_flops_per_image(batch: int = 8) -> float:
     return counter.get_total_flops() / batch
 
 
-def cpu_info() -> dict:
-    info = {"model": "unknown", "flags": set(), "mhz": None, "vendor": "", "family": None}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (s.strip() for s in line.partition(":"))
-            if key == "model name":
-                info["model"] = value
-            elif key == "flags":
-                info["flags"] = set(value.split())
-            elif key == "cpu MHz" and info["mhz"] is None:
-                info["mhz"] = float(value)
-            elif key == "vendor_id":
-                info["vendor"] = value
-            elif key == "cpu family" and info["family"] is None:
-                info["family"] = int(value)
-    except OSError:
-        pass
-    return info
-
-
 CLOCK_C = r"""
 #include <stdio.h>
 #include <time.h>
@@ -154,10 +136,10 @@ def measured_ghz(cores: int) -> float | None:
         return min(float(p.communicate()[0]) for p in procs)
 
 
-def cpu_peak_tflops(precision: str, info: dict, cores: int, ghz: float) -> tuple[float, str]:
-    flags = info["flags"]
+def cpu_peak_tflops(precision: str, info: hardware.Cpu, cores: int, ghz: float) -> tuple[float, str]:
+    flags = info.flags
     if "avx512f" in flags:
-        width = 256 if info["vendor"] == "AuthenticAMD" and info["family"] == 25 else 512
+        width = 256 if info.vendor == "AuthenticAMD" and info.family == 25 else 512
     else:
         width = 256 if "avx2" in flags else 128
     per_cycle = 2 * (width // 32) * 2
@@ -194,27 +176,29 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6, help="timed training steps per loop and round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--cpu-ghz", type=float, help="clock for the CPU peak (default: measured)")
+    p.add_argument("--json", type=Path, help="write the results here (bench/results/train_throughput.json, which "
+                   "bench/render.py puts into docs/speed.md)")
     args = p.parse_args()
     torch.manual_seed(0)
     data = load_dataset(args.data)
     bs, steps = args.batch_size, args.steps
     accelerator = args.accelerator if args.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    info = cpu_info()
+    info = hardware.cpu()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ghz = args.cpu_ghz or (measured_ghz(cores) if accelerator == "cpu" else None) or (info["mhz"] or 0) / 1e3
-    device_name = torch.cuda.get_device_name(0) if accelerator == "cuda" else f"CPU {info['model']}"
+    ghz = args.cpu_ghz or (measured_ghz(cores) if accelerator == "cpu" else None) or (info.mhz or 0) / 1e3
+    device_name = torch.cuda.get_device_name(0) if accelerator == "cuda" else f"CPU {info.name}"
     print(f"{device_name}; torch {torch.__version__}, {torch.get_num_threads()} threads, batch {bs}, "
           f"{steps} steps x {args.rounds} rounds, compile {args.compile}")
     if accelerator == "cpu":
-        print(f"CPU flags: avx2 {'avx2' in info['flags']}, avx512f {'avx512f' in info['flags']}, "
-              f"avx512_bf16 {'avx512_bf16' in info['flags']}, amx_bf16 {'amx_bf16' in info['flags']}; "
-              f"{cores} cores at {ghz:.2f} GHz measured (/proc/cpuinfo: {(info['mhz'] or 0) / 1e3:.2f} GHz)")
+        print(f"CPU flags: avx2 {'avx2' in info.flags}, avx512f {'avx512f' in info.flags}, "
+              f"avx512_bf16 {'avx512_bf16' in info.flags}, amx_bf16 {'amx_bf16' in info.flags}; "
+              f"{cores} cores at {ghz:.2f} GHz measured (/proc/cpuinfo: {(info.mhz or 0) / 1e3:.2f} GHz)")
     flops = training_flops_per_image()
     print(f"FLOPs per training image (forward + backward): {flops / 1e9:.3f} GFLOP")
 
     loader = baseline_loader(data.train, CIFAR10_MEAN, CIFAR10_STD, bs)
     base_iter = iter(loader)
-    ours_rate = {}
+    ours_rate, rows = {}, []
     for precision in args.precision:
         fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)
         if accelerator == "cuda":
@@ -223,7 +207,7 @@ def main() -> None:
         recipe = Recipe(epochs=1000, batch_size=bs)  # a long schedule: the benchmark never runs off its end
         module = S10Module(recipe=recipe, steps_per_epoch=steps).to(memory_format=torch.channels_last)
         if args.compile:
-            module.model.compile()
+            module.net.compile()
         opt_config = module.configure_optimizers()
         model, optimizer = fabric.setup(module, opt_config["optimizer"])
         scheduler = opt_config["lr_scheduler"]["scheduler"]
@@ -237,7 +221,9 @@ def main() -> None:
         warm = train.subset(torch.arange(2 * bs, device=fabric.device))
 
         def ours(part, epoch):
-            return len(part) / fabric_train.train_epoch(fabric, model, optimizer, scheduler, part, recipe, epoch)[1]
+            run = fabric_train.Run(fabric, args, recipe, code={}, train=part, module=module, model=model,
+                                   optimizer=optimizer, scheduler=scheduler)
+            return len(part) / fabric_train.train_epoch(run, epoch)[1]
 
         def baseline(n):
             plain.train()
@@ -273,8 +259,24 @@ def main() -> None:
                  else f"peak unknown ({rule})")
         print(f"{precision}: ours {o:.1f} img/s, baseline {b:.1f} img/s -> ratio {o / b:.2f}; "
               f"ours {achieved:.3f} TFLOP/s = {share}")
+        rows.append({"precision": precision, "ours": round(float(o), 1), "baseline": round(float(b), 1),
+                     "ratio": round(float(o / b), 2), "achieved_tflops": round(achieved, 3),
+                     "peak_tflops": round(peak, 3) if peak else None, "peak_rule": rule})
+    speedup = None
     if "32-true" in ours_rate and "bf16-mixed" in ours_rate:
-        print(f"bf16-mixed / 32-true (ours): {ours_rate['bf16-mixed'] / ours_rate['32-true']:.2f}x")
+        speedup = round(float(ours_rate["bf16-mixed"] / ours_rate["32-true"]), 2)
+        print(f"bf16-mixed / 32-true (ours): {speedup:.2f}x")
+    if args.json:
+        import json
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "device": device_name, "machine": info.describe() if accelerator == "cpu" else device_name,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+            "batch": bs, "steps": steps, "rounds": args.rounds, "compile": args.compile, "cores": cores,
+            "ghz_measured": round(ghz, 2) if ghz else None, "ghz_cpuinfo": round((info.mhz or 0) / 1e3, 2),
+            "gflop_per_image": round(flops / 1e9, 3), "rows": rows, "bf16_speedup": speedup}, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hub import settings as project
-from s10.report import pct, recipe_lines, results_table
+from s10.report import calibration_lines, pct, recipe_lines, results_table
 
-PLOTS = ["curves.png", "confusion_matrix.png", "misclassified.png", "lr_finder.png"]
+PLOTS = ["curves.png", "confusion_matrix.png", "misclassified.png", "lr_finder.png", "reliability.png"]
 
 TEMPLATE = """---
 {{ card_data }}
@@ -28,11 +28,11 @@ blocks after the first and the last, max-pooling and a linear head. Test accurac
 ```python
 from s10.model import S10Net  # pip install git+{{ github_url }}
 model = S10Net.from_pretrained("{{ repo_id }}")  # safetensors, eval mode, CPU
-probs = model(model.normalize(images)).softmax(-1)  # images: uint8 (B, 3, 32, 32)
+probs = model.probabilities(model.normalize(images))  # images: uint8 (B, 3, 32, 32); calibrated
 ```
 
-`config.json` carries the class names, normalisation mean and std, input size, the layer names a CAM can use, and
-these results. Try it in the Space: {{ space_url }}.
+`config.json` carries the class names, normalisation mean and std, input size, the layer names a CAM can use, the
+temperature that calibrates the probabilities, and these results. Try it in the Space: {{ space_url }}.
 
 ## Training
 
@@ -48,6 +48,10 @@ Measured on CIFAR-10's whole test split ({{ test_images }} images, never seen in
 are published. Flip TTA is the mean of the logits of each image and its mirror image.
 
 Per class: {{ per_class }}.
+
+## Calibration
+
+{{ calibration }}
 
 ![training curves](curves.png)
 
@@ -100,6 +104,8 @@ def build_card(run: Path, repo_id: str | None = None, settings: project.Settings
         github_url=settings.github_url, space_url=settings.space_url,
         recipe="\n".join(recipe_lines(config, results)), table="\n".join(results_table(results)),
         per_class=", ".join(f"{c} {pct(a)}" for c, a in results["per_class_acc"].items()),
+        calibration="\n".join(calibration_lines(results, "reliability.png" if (run / "reliability.png").is_file()
+                                                 else None)) or "Not measured for this model.",
     )
 
 

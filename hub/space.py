@@ -58,6 +58,7 @@ def bundle(out: Path, space_id: str, model_id: str, settings: project.Settings) 
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ROOT / "space" / "app.py", out / "app.py")
     shutil.copytree(ROOT / "space" / "examples", out / "examples", dirs_exist_ok=True)
+    shutil.copytree(ROOT / "docs" / "images", out / "images", dirs_exist_ok=True)  # `make screenshots`
     for rel in INFERENCE_MODULES:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / rel, out / rel)

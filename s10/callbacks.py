@@ -50,13 +50,21 @@ class ProgressBar:
 
 
 class Checkpoint:
-    """`checkpoints/last.ckpt` after every epoch, via fabric.save: written to a temporary name, then renamed,
-    so a run killed mid-write keeps its previous checkpoint."""
+    """`checkpoints/last.ckpt` via fabric.save: before the first epoch (so a run killed during epoch 1 resumes with
+    the peak LR its range test found) and after every epoch. Written to a temporary name, then renamed, so a run
+    killed mid-write keeps its previous checkpoint."""
 
     def __init__(self, folder: str | Path):
         self.path = Path(folder) / "last.ckpt"
 
+    def on_train_start(self, fabric, state: dict):
+        if state["epoch"] == 0:
+            self.save(fabric, state)
+
     def on_train_epoch_end(self, fabric, epoch: int, row: dict, state: dict):
+        self.save(fabric, state)
+
+    def save(self, fabric, state: dict):
         tmp = self.path.with_name("last.ckpt.tmp")
         if fabric.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,11 @@ import torch
 from safetensors.torch import save_file
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
 
+from s10.calibration import report as calibration_report
+from s10.calibration import scores as calibration_scores
+from s10.calibration import threshold_split
 from s10.data import Split
-from s10.model import normalize
+from s10.model import calibrated, normalize
 
 PACK_SIZE = 100  # misclassified images shipped with the model for the app's gallery
 
@@ -41,23 +44,41 @@ def _acc(logits, labels, n):
 
 
 def test_results(logits: torch.Tensor, logits_tta: torch.Tensor, split: Split, classes: list[str]) -> dict:
-    """Every figure of results.json, from the logits of the whole test split."""
+    """Every figure of results.json, from the logits of the whole test split: accuracy, per class, confusion matrix,
+    calibration (s10/calibration.py) and the low-confidence threshold on the calibrated scale."""
     n = len(classes)
     labels = split.labels.to(logits.device)
     per_class = multiclass_accuracy(logits, labels, n, average=None)
-    confidence, predicted = logits.float().softmax(-1).max(-1)
+    calibration = calibration_report(logits, labels)
+    probs = calibrated(logits, calibration["temperature"])
+    confidence, predicted = probs.max(-1)
     correct = confidence[predicted == labels]
+    # The 5th percentile of the calibrated top-class probability over the correctly classified test images: a picture
+    # whose top probability is lower looks unlike 95 % of what the model gets right (the app's "none of the ten?").
+    threshold = round(torch.quantile(correct, 0.05).item(), 4) if len(correct) else None
     results = {
         "test_images": len(labels),
         "test_acc": _acc(logits, labels, n),
         "test_acc_tta": _acc(logits_tta, labels, n),
         "per_class_acc": {c: round(a.item(), 6) for c, a in zip(classes, per_class)},
         "confusion_matrix": multiclass_confusion_matrix(logits, labels, n).tolist(),  # rows: true, cols: predicted
-        # The 5th percentile of the top-class probability over the correctly classified test images: a picture whose
-        # top probability is lower looks unlike 95 % of what the model gets right (the app's "none of the ten?" hint).
-        "low_confidence_threshold": round(torch.quantile(correct, 0.05).item(), 4) if len(correct) else None,
+        "temperature": calibration["temperature"],
+        "calibration": calibration,
+        "low_confidence_threshold": threshold,
     }
+    if threshold is not None:
+        results["low_confidence"] = {"threshold": threshold, **threshold_split(probs, labels, threshold),
+                                     "same_flags_as_uncalibrated": same_flags(logits, labels, probs, threshold)}
     return results
+
+
+def same_flags(logits: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, threshold: float) -> float:
+    """The share of test images that the calibrated threshold flags exactly as the uncalibrated one (the same rule on
+    the plain softmax) does."""
+    plain = logits.float().softmax(-1)
+    top, predicted = plain.max(-1)
+    plain_threshold = torch.quantile(top[predicted == labels], 0.05)
+    return round(((top < plain_threshold) == (probs.max(-1).values < threshold)).float().mean().item(), 4)
 
 
 def misclassified(logits: torch.Tensor, split: Split, k: int = PACK_SIZE) -> dict:
@@ -88,7 +109,7 @@ def save_misclassified(pack: dict, classes: list[str], folder: Path) -> None:
 
 def write_results(out: Path, rows: list[dict], data, net, logits, logits_tta, recipe, schedule) -> dict:
     """Rank 0, at the end of a run: results.json, per_class.csv, the plots, and model/ (weights, config with the
-    headline results, misclassified pack, model card)."""
+    temperature and the headline results, misclassified pack). The run's finish writes the model card."""
     from s10 import plots
 
     results = test_results(logits, logits_tta, data.test, data.classes)
@@ -105,6 +126,7 @@ def write_results(out: Path, rows: list[dict], data, net, logits, logits_tta, re
             writer.writerow([c, n, f"{results['per_class_acc'][c]:.4f}"])
     plots.curves(rows, out / "curves.png", schedule)
     plots.confusion_matrix(results["confusion_matrix"], data.classes, out / "confusion_matrix.png")
+    plots.reliability(results["calibration"], out / "reliability.png")
     pack = misclassified(logits, data.test)
     names = data.classes
     plots.misclassified_grid(pack["images"][:10], [plots.caption(names[t], names[p], c) for t, p, c in
@@ -112,36 +134,71 @@ def write_results(out: Path, rows: list[dict], data, net, logits, logits_tta, re
                              out / "misclassified.png")
 
     model_dir = out / "model"
+    net.config.temperature = results["temperature"]
     net.config.results = headline(results)
     net.cpu().to(memory_format=torch.contiguous_format).save_pretrained(model_dir)
     save_misclassified(pack, names, model_dir)
-    try:
-        from hub.card import write_model_card
+    return results
 
-        write_model_card(out)
-    except ImportError:
-        pass  # the Space bundle ships without hub/; training always has it
+
+def recalibrate(run: Path, data) -> dict:
+    """Measure a finished run's published weights again (float32, every test image) and write what the calibration
+    adds to its record: results.json (the training figures kept), reliability.png, and model/config.json's
+    temperature and headline. model.safetensors is not rewritten (the weights stay byte-identical)."""
+    from s10 import plots
+    from s10.model import S10Net
+
+    net = S10Net.from_pretrained(run / "model").to(memory_format=torch.channels_last)
+    cfg = net.config
+    logits = predict_logits(net, data.test.images, cfg.mean, cfg.std)
+    logits_tta = (logits + predict_logits(net, data.test.images, cfg.mean, cfg.std, flip=True)) / 2
+    old = json.loads((run / "results.json").read_text())
+    results = test_results(logits, logits_tta, data.test, cfg.class_names)
+    for key in ("epochs", "peak_lr", "train_time_s", "final_train_acc"):
+        if key in old:
+            results[key] = old[key]
+    (run / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plots.reliability(results["calibration"], run / "reliability.png")
+    config_path = run / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["temperature"] = results["temperature"]
+    config["results"] = headline(results)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return results
 
 
 def headline(results: dict) -> dict:
-    """The figures that travel in model/config.json (the app's header reads them)."""
-    keys = ["test_acc", "test_acc_tta", "test_images", "epochs", "per_class_acc", "low_confidence_threshold"]
-    return {k: results[k] for k in keys if k in results}
+    """The figures that travel in model/config.json (the app's header and hint read them)."""
+    keys = ["test_acc", "test_acc_tta", "test_images", "epochs", "per_class_acc", "low_confidence_threshold",
+            "low_confidence"]
+    out = {k: results[k] for k in keys if k in results}
+    if "calibration" in results:
+        cal = results["calibration"]
+        out["calibration"] = {"uncalibrated": cal["uncalibrated"], "calibrated": cal["calibrated"]}
+    return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m s10.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", help="a model folder (model.safetensors + config.json) or a Hub repo id")
     parser.add_argument("data", help="'cifar10' or a class-folder root, e.g. .data/cifar10")
+    parser.add_argument("--recalibrate", metavar="RUN_DIR", type=Path,
+                        help="write the calibration into this finished run's record (its model/ is measured)")
     args = parser.parse_args(argv)
     from s10.data import DataError, load_dataset
     from s10.model import S10Net
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
-        model = S10Net.from_pretrained(args.model_dir).to(memory_format=torch.channels_last)
         data = load_dataset(args.data)
+        if args.recalibrate:
+            if Path(args.model_dir).resolve() != (args.recalibrate / "model").resolve():
+                raise ValueError(f"--recalibrate {args.recalibrate} measures {args.recalibrate / 'model'}; "
+                                 "pass that folder as MODEL_DIR")
+            results = recalibrate(args.recalibrate, data)
+            print(f"{args.recalibrate}: recalibrated, T = {results['temperature']}", file=sys.stderr)
+            return 0
+        model = S10Net.from_pretrained(args.model_dir).to(memory_format=torch.channels_last)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -150,9 +207,20 @@ def main(argv=None) -> int:
     logits_tta = (logits + predict_logits(model, data.test.images, cfg.mean, cfg.std, flip=True)) / 2
     results = test_results(logits, logits_tta, data.test, cfg.class_names)
     results.pop("confusion_matrix")
+    cal = results.pop("calibration")
+    results["calibration"] = {"uncalibrated": cal["uncalibrated"], "calibrated_held_out": cal["calibrated"],
+                              "temperature_fitted_here": cal["temperature"], "temperature_in_config": cfg.temperature,
+                              "with_config_temperature": calibration_scores(logits, data.test.labels,
+                                                                            cfg.temperature),
+                              "risk_coverage": cal["risk_coverage"]}
     print(json.dumps(results, indent=1))
+    before, after = cal["uncalibrated"], cal["calibrated"]
     print(f"{args.model_dir}: {100 * results['test_acc']:.2f} % on {results['test_images']:,} test images, "
           f"{100 * results['test_acc_tta']:.2f} % with flip TTA", file=sys.stderr)  # for people; stdout for programs
+    print(f"calibration (15-bin ECE / NLL / Brier): {before['ece']:.4f} / {before['nll']:.4f} / {before['brier']:.4f} "
+          f"plain softmax, {after['ece']:.4f} / {after['nll']:.4f} / {after['brier']:.4f} temperature-scaled "
+          f"(2-fold cross-fitted on the test set); T fitted on all of it {cal['temperature']:.4f}, in the model's "
+          f"config {cfg.temperature:g}", file=sys.stderr)
     return 0
 
 

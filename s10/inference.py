@@ -116,8 +116,9 @@ def check_top_k(k) -> int:
 
 @torch.inference_mode()
 def probabilities(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities (B, classes), float32, for a normalised batch x (B, 3, H, W)."""
-    return model(x).float().softmax(-1)
+    """Calibrated class probabilities (B, classes), float32, for a normalised batch x (B, 3, H, W): the model's
+    temperature applied (`S10Net.probabilities`)."""
+    return model.probabilities(x)
 
 
 def top_k(probs: torch.Tensor, class_names: list[str], k: int) -> list[tuple[str, float]]:

@@ -2,7 +2,7 @@
 
     from s10.model import S10Net
     model = S10Net.from_pretrained("path/or/user-repo")    # eval mode, CPU, safetensors only
-    probs = model(x).softmax(-1)                           # x: (B, 3, 32, 32), normalised with config.mean/std
+    probs = model.probabilities(x)                         # x: (B, 3, 32, 32), normalised with config.mean/std
 
 This module imports nothing from training (no Lightning, no data sets), so the Space can ship it alone.
 """
@@ -33,6 +33,12 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images.float() - mean) / std
 
 
+def calibrated(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(logits / T), float32: the probabilities the model's config says its logits mean (s10/calibration.py
+    fits T; T = 1 is the plain softmax)."""
+    return (logits.float() / temperature).softmax(-1)
+
+
 @dataclass
 class S10Config:
     """What inference needs, saved as config.json beside the weights."""
@@ -43,6 +49,7 @@ class S10Config:
     std: list[float] = field(default_factory=lambda: list(CIFAR10_STD))  # normalisation std, RGB in [0, 1]
     input_size: int = 32  # input height and width, pixels
     cam_layers: list[str] = field(default_factory=lambda: list(CAM_LAYERS))  # layer names a CAM can use
+    temperature: float = 1.0  # logits are divided by it before the softmax (temperature scaling); 1.0: as trained
     results: dict = field(default_factory=dict)  # the training run's headline results (filled by training)
 
     def __post_init__(self):
@@ -50,6 +57,8 @@ class S10Config:
             raise ValueError(f"config has {len(self.class_names)} class names for num_classes={self.num_classes}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("config mean and std must have 3 values (RGB)")
+        if not self.temperature > 0:
+            raise ValueError(f"config temperature must be positive, got {self.temperature}")
         unknown = set(self.cam_layers) - set(CAM_LAYERS)
         if unknown:
             raise ValueError(f"config cam_layers names unknown layers: {sorted(unknown)}")
@@ -123,6 +132,10 @@ class S10Net(
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float images (B, 3, H, W) -> the normalised float input the network expects."""
         return normalize(images, self.config.mean, self.config.std)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities (B, classes) of a normalised batch: softmax(logits / config.temperature)."""
+        return calibrated(self(x), self.config.temperature)
 
     # -- Hub round trip: safetensors only, strict, eval mode ----------------------------------------------------
 

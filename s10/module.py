@@ -58,8 +58,8 @@ class S10Module(L.LightningModule):
         super().__init__()
         self.recipe = recipe or Recipe()
         self.steps_per_epoch = steps_per_epoch
-        self.model = S10Net(arch)
-        n = self.model.config.num_classes
+        self.net = S10Net(arch)
+        n = self.net.config.num_classes
         # Synced across ranks on compute(): each image is counted once, whatever the world size. They accumulate on
         # the device; no input checks, which would read a value back to the host (a GPU sync) at every step.
         checks = {"average": "micro", "validate_args": False}
@@ -67,7 +67,7 @@ class S10Module(L.LightningModule):
         self.test_loss, self.test_acc = MeanMetric(nan_strategy="disable"), MulticlassAccuracy(n, **checks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.net(x)
 
     def _loss(self, logits, labels):
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.recipe.label_smoothing)

@@ -99,3 +99,30 @@ def misclassified_grid(images, captions: list[str], path: str | Path, columns: i
 
 
 from s10.inference import caption  # noqa: E402,F401 (the one caption, re-exported for the plots' users)
+
+
+def reliability(calibration: dict, path: str | Path) -> None:
+    """Reliability diagrams before and after temperature scaling (results.json's "calibration"): accuracy against
+    mean confidence per bin of the top probability, the diagonal drawn; below, how many test images fall in each
+    bin."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), height_ratios=[3, 1], sharex=True, layout="constrained")
+    for col, (key, title) in enumerate((("uncalibrated", "plain softmax"),
+                                        ("calibrated", f"temperature-scaled (T = {calibration['temperature']:.3f})"))):
+        bins = calibration[f"reliability_{key}"]
+        scores = calibration[key]
+        centres = [(b["low"] + b["high"]) / 2 for b in bins]
+        width = bins[0]["high"] - bins[0]["low"]
+        ax = axes[0, col]
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+        filled = [b for b in bins if b["count"]]
+        ax.bar([(b["low"] + b["high"]) / 2 for b in filled], [b["accuracy"] for b in filled], width=width * 0.9,
+               color="#4c72b0", alpha=0.8, label="accuracy in the bin")
+        ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "o", color="#dd8452",
+                markersize=4, label="(mean confidence, accuracy)")
+        ax.set(title=f"{title}\nECE {scores['ece']:.3f}, NLL {scores['nll']:.3f}, Brier {scores['brier']:.3f}",
+               ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(loc="upper left", fontsize=8)
+        ax = axes[1, col]
+        ax.bar(centres, [b["count"] for b in bins], width=width * 0.9, color="grey")
+        ax.set(xlabel="top probability (15 bins)", ylabel="test images", yscale="log")
+    _save(fig, path)

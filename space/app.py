@@ -13,22 +13,43 @@ builds the page but starts no server; the port comes from GRADIO_SERVER_PORT as 
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import io
-import json
-import logging
-import os
-import sys
-import tempfile
-import threading
-from pathlib import Path
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives threads that allocate at once malloc arenas of their own, up to 8 per core, and memory freed in one
+    is seldom returned to the system; gradio answers requests on a pool of worker threads, so a long-running server's
+    RSS crept up with the default and stays flat with two arenas (docs/app.md, the soak). Done before any thread
+    starts; MALLOC_ARENA_MAX in the environment wins; a no-op without glibc."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, arenas)  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+limit_malloc_arenas()
+
+import copy  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE if (HERE / "s10").is_dir() else HERE.parent  # the Space bundle has s10/ beside app.py; the repo above
 sys.path.insert(0, str(ROOT))
 
 import gradio as gr  # noqa: E402
+import gradio.route_utils as gradio_route_utils  # noqa: E402
 import torch  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -56,13 +77,13 @@ from s10.inference import (  # noqa: E402
     to_input,
     top_k,
 )
-from s10.model import S10Net  # noqa: E402
+from s10.model import S10Net, calibrated  # noqa: E402
 
 log = logging.getLogger("s10.app")
 RELEASED = ROOT / "release" / "model"
 EXAMPLES = sorted((HERE / "examples").glob("*.png"))
 TOP_CLASSES = "top classes"  # the CAM target that means "the top n classes", beside the class names
-CONCURRENCY = 4  # requests of one kind computed at once; more wait in the queue
+CONCURRENCY = int(os.environ.get("S10_CONCURRENCY", "4"))  # requests of one kind run at once; more wait
 QUEUE_SIZE = 64  # requests waiting at most; a visitor beyond it is told the queue is full
 HUB_PROBE_TIMEOUT_S = 3.0
 
@@ -138,8 +159,10 @@ try:
 except StartupError as err:
     sys.exit(f"s10 app: {err}")
 freeze(MODEL)
+# One intra-op thread per request: concurrent requests keep the cores busy (docs/app.md: Threads).
 torch.set_num_threads(int(os.environ.get("S10_THREADS", "1")))
 CAM_MODEL = copy.deepcopy(MODEL)  # CAM hooks must not see the predictions' forward passes (s10/cam.py)
+MODEL.to(memory_format=torch.channels_last)  # oneDNN's faster layout for a single image on a CPU
 CONFIG = MODEL.config
 CLASSES = CONFIG.class_names
 PACK_IMAGES, PACK, PACK_PROBLEM = torch.zeros(0, 3, 32, 32, dtype=torch.uint8), [], ""
@@ -154,7 +177,9 @@ LAYER = DEFAULT_LAYER if DEFAULT_LAYER in CONFIG.cam_layers else CONFIG.cam_laye
 CAM_TARGETS = [TOP_CLASSES, *CLASSES]  # what a map can explain: the page's choices, and what the API accepts
 # Below this top probability a picture looks unlike 95 % of the test images the model gets right (the training run
 # measures it; a model without it gets no hint).
-LOW_CONFIDENCE = (CONFIG.results or {}).get("low_confidence_threshold")
+RESULTS = CONFIG.results or {}
+LOW_CONFIDENCE = RESULTS.get("low_confidence_threshold")
+LOW_CONFIDENCE_SPLIT = RESULTS.get("low_confidence", {})  # how often the model is right above and below it
 _in_flight = 0
 _in_flight_lock = threading.Lock()
 # The pictures the app returns are written here, once each, under the hash of their bytes, and handed to gradio as
@@ -213,15 +238,21 @@ def predict(image, k: int = 3) -> dict[str, float]:
         x = to_input(_picture(image), CONFIG.mean, CONFIG.std, CONFIG.input_size)
     except ImageError as err:
         raise gr.Error(str(err), print_exception=False) from None
-    return dict(top_k(probabilities(MODEL, x)[0], CLASSES, k))
+    return dict(top_k(probabilities(MODEL, x.contiguous(memory_format=torch.channels_last))[0], CLASSES, k))
 
 
 def hint(top_probability: float) -> str:
     """The page's note for a picture the model is unsure about, or "" ."""
     if LOW_CONFIDENCE is None or top_probability >= LOW_CONFIDENCE:
         return ""
-    return (f"**The top probability, {top_probability:.2f}, is below {LOW_CONFIDENCE:.2f}**, the level that 95 % of "
-            "the test images the model classifies correctly reach: this picture may show none of the ten classes.")
+    note = f"**The top probability, {top_probability:.2f}, is below {LOW_CONFIDENCE:.2f}**, the level that 95 % of " \
+           "the test images the model classifies correctly reach"
+    if LOW_CONFIDENCE_SPLIT.get("accuracy_below") is not None:
+        note += (f". On the {RESULTS.get('test_images', 0):,} test images the model is right "
+                 f"{100 * LOW_CONFIDENCE_SPLIT['accuracy_below']:.0f} % of the time below it "
+                 f"({100 * LOW_CONFIDENCE_SPLIT['share_below']:.0f} % of them) and "
+                 f"{100 * LOW_CONFIDENCE_SPLIT['accuracy_above']:.0f} % at or above it")
+    return note + ": this picture may show none of the ten classes."
 
 
 def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: str = LAYER, opacity: float = 0.5,
@@ -241,7 +272,7 @@ def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: st
     seen = served(shown(square_resize(picture, CONFIG.input_size)), lossless=True)
     n_maps = max(0, min(int(n_cams), k)) if target == TOP_CLASSES else 1
     if not show_cam or not n_maps:
-        probs = probabilities(MODEL, x)[0]
+        probs = probabilities(MODEL, x.contiguous(memory_format=torch.channels_last))[0]
         return dict(top_k(probs, CLASSES, k)), [], seen, hint(float(probs.max()))
     with _in_flight_lock:
         _in_flight += 1
@@ -250,7 +281,7 @@ def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: st
         # One pass gives the probabilities and the maps: for the top classes, class_maps ranks them itself.
         cams, scores = class_maps(CAM_MODEL, x, layer, n_maps if target == TOP_CLASSES else [CLASSES.index(target)],
                                   method, with_scores=True)
-        probs = scores[0].softmax(-1)
+        probs = calibrated(scores[0], CONFIG.temperature)
         index = scores[0].topk(n_maps).indices.tolist() if target == TOP_CLASSES else [CLASSES.index(target)]
         base = shown(picture)
         gallery = [(served(overlay(base, cam, opacity)), f"{CLASSES[i]} ({probs[i]:.2f})")
@@ -282,9 +313,40 @@ def misclassified(count: int = 10, with_cam: bool = False, layer: str = LAYER, o
              for side, key in (("true", "true"), ("predicted", "pred"))]
     # One pass for all: the maps for the true and the predicted class of each image, and the probabilities.
     cams, scores = class_maps(CAM_MODEL, x, layer, [c for _, _, c in pairs], method, with_scores=True)
-    probs = scores.softmax(-1)
+    probs = calibrated(scores, CONFIG.temperature)
     return [(served(overlay(pictures[i], cam, opacity)), f"{side}: {CLASSES[c]} ({probs[j, c]:.2f})")
             for j, ((i, side, c), cam) in enumerate(zip(pairs, cams))]
+
+
+def delete_old_files(blocks: gr.Blocks, age: int | None) -> None:
+    """gradio's delete_cache step, walking a copy of each set of files. gradio 6.31's own
+    (route_utils.delete_files_created_by_app) iterates the live sets while request handlers add to them, so under
+    load it raises "Set changed size during iteration", its scheduled task ends, and nothing is deleted again. An
+    emptied hash folder of an upload is removed too."""
+    import time
+
+    keep = set()
+    for component in blocks.blocks.values():
+        keep.update(getattr(component, "keep_in_cache", set()))
+    now = time.time()
+    for files in blocks.temp_file_sets:
+        deleted = set()
+        for file in list(files):
+            if file in keep:
+                continue
+            path = Path(file)
+            try:
+                if age is None or now - path.lstat().st_ctime > age:
+                    path.unlink()
+                    deleted.add(file)
+                    if path.parent != OUTPUTS and path.parent.parent == Path(get_upload_folder()):
+                        path.parent.rmdir()  # fails (and is left) while it holds another file
+            except OSError:  # already gone, or its folder not empty
+                continue
+        files -= deleted
+
+
+gradio_route_utils.delete_files_created_by_app = delete_old_files
 
 
 def readable_upload(component: gr.Image) -> gr.Image:
@@ -308,7 +370,14 @@ def readable_upload(component: gr.Image) -> gr.Image:
 # -- the page --------------------------------------------------------------------------------------------------------
 
 SETTINGS = project_settings()
-RESULTS = CONFIG.results or {}
+
+
+def shown_source(source: str) -> str:
+    """Where the model came from, for the page: a folder inside the app's tree by its relative path."""
+    path = Path(source)
+    return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else source
+
+
 ACCURACY = (f"{100 * RESULTS['test_acc']:.2f} % on the {RESULTS['test_images']:,} CIFAR-10 test images "
             f"({100 * RESULTS['test_acc_tta']:.2f} % with flip TTA)") if "test_acc" in RESULTS else "not measured"
 LINKS = " · ".join(f"[{name}]({url})" for name, url in (
@@ -324,7 +393,7 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps", delet
         "beside it). Class activation maps (torchcam) show where it looked for a class: its top classes, or any "
         "class you pick."
     )
-    gr.Markdown(f"<small>Model: {MODEL_SOURCE}</small>", elem_id="model-source")
+    gr.Markdown(f"<small>Model: {shown_source(MODEL_SOURCE)}</small>", elem_id="model-source")
     with gr.Row():
         with gr.Column():
             # image_mode=None: the path of the upload as sent; load_image reads every mode (alpha goes on white)

@@ -5,12 +5,15 @@ rank runs this file, since Fabric's launcher starts the other ranks with the sam
 - `dtypes`: the dtype of the first convolution's output inside each LightningModule step that ran
   (`training_step`, `validation_step`), as a set per step;
 - `lr_suggestion`, `lr_sweep`: what this rank's LR range test suggested, and the (smoothed) losses that drove it;
+- `scaler`: under 16-mixed, the gradient scaler's state before and after the LR range test;
 - `after_lr_find` and `final`: a checksum of every parameter and buffer of this rank's network, after the LR range
   test restored it and at the end of the run; `final_state` holds the full tensors in `probe-rank<R>.safetensors`.
 """
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,7 +25,7 @@ import fabric_train  # noqa: E402
 import s10.lr_finder  # noqa: E402
 from s10.module import S10Module  # noqa: E402
 
-probe = {"dtypes": {}, "lr_suggestion": None, "lr_sweep": None, "after_lr_find": None, "final": None}
+probe = {"dtypes": {}, "lr_suggestion": None, "lr_sweep": None, "after_lr_find": None, "final": None, "scaler": None}
 out_dir = Path(sys.argv[sys.argv.index("--out") + 1])
 
 
@@ -35,14 +38,19 @@ def checksums(net: torch.nn.Module) -> dict[str, float]:
     return {k: float(v.double().sum()) for k, v in net.state_dict().items()}
 
 
+STEP_SECONDS = float(os.environ.get("PROBE_STEP_SECONDS", 0))  # a slow training step: time to kill a run mid-epoch
+
+
 def recording(step_name: str):
     original = getattr(S10Module, step_name)
 
     def step(self, batch, batch_idx):
+        if step_name == "training_step" and STEP_SECONDS and self.training:
+            time.sleep(STEP_SECONDS)
         def hook(module, inputs, output):
             probe["dtypes"].setdefault(step_name, set()).add(str(output.dtype).removeprefix("torch."))
 
-        handle = self.model.prep[0].register_forward_hook(hook)
+        handle = self.net.prep[0].register_forward_hook(hook)
         try:
             return original(self, batch, batch_idx)
         finally:
@@ -64,19 +72,23 @@ def lr_range_test(*args, **kwargs):
     return found
 
 
-def find_lr(fabric, model, module, *args, **kwargs):
-    probe["lr_suggestion"] = original_find_lr(fabric, model, module, *args, **kwargs)
-    probe["after_lr_find"] = checksums(module.model)
+def find_lr(run):
+    scaler = getattr(run.fabric.strategy.precision, "scaler", None)
+    before = scaler.state_dict() if scaler is not None else None
+    probe["lr_suggestion"] = original_find_lr(run)
+    probe["after_lr_find"] = checksums(run.net)
+    if scaler is not None:
+        probe["scaler"] = {"before": before, "after": scaler.state_dict()}
     return probe["lr_suggestion"]
 
 
-def finish(fabric, args, module, *rest, **kwargs):
+def finish(run):
     from safetensors.torch import save_file
 
-    probe["final"] = checksums(module.model)
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()},
+    probe["final"] = checksums(run.net)
+    save_file({k: v.detach().cpu().contiguous() for k, v in run.net.state_dict().items()},
               str(out_dir / f"probe-rank{rank()}.safetensors"))
-    return original_finish(fabric, args, module, *rest, **kwargs)
+    return original_finish(run)
 
 
 fabric_train.find_lr, fabric_train.finish = find_lr, finish

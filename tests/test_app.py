@@ -16,7 +16,7 @@ from PIL import Image
 from s10.cam import CAM_METHODS, CamError, class_maps, freeze
 from s10.inference import ImageError, load_image, to_input, top_k
 from s10.model import CIFAR10_MEAN, CIFAR10_STD, S10Net
-from tests.conftest import CIFAR_NAMES, RELEASED, ROOT, App
+from tests.conftest import CIFAR_NAMES, RELEASED, ROOT
 
 EXAMPLES = sorted((ROOT / "space" / "examples").glob("*.png"))
 

@@ -72,6 +72,24 @@ def test_every_offered_combination_in_process(released_app, monkeypatch):
         assert len(gallery) == 10
 
 
+def test_overlays_keep_their_look_as_jpeg(released_app):
+    """The overlays go out as JPEG (quality 90, no chroma subsampling): decoded, each pixel stays within a few grey
+    levels of the lossless picture; the 32x32 view is PNG, pixel for pixel."""
+    from s10.cam import class_maps, overlay, shown
+    from s10.inference import load_image, to_input
+
+    app = released_app
+    cat = load_image(EXAMPLES[3])
+    x = to_input(cat, app.CONFIG.mean, app.CONFIG.std)
+    for cam in class_maps(app.CAM_MODEL, x, app.LAYER, 3):
+        lossless = np.asarray(overlay(shown(cat), cam, 0.5)).astype(int)
+        sent = picture(app.served(overlay(shown(cat), cam, 0.5))).astype(int)
+        diff = np.abs(sent - lossless)
+        assert diff.mean() < 3 and np.percentile(diff, 99) < 12, (diff.mean(), diff.max())
+    view = shown(cat)
+    assert np.array_equal(picture(app.served(view, lossless=True)), np.asarray(view))
+
+
 @pytest.fixture(scope="module")
 def released_server(tmp_path_factory):
     """The real app serving the released model, with a gradio cache of its own."""

@@ -15,16 +15,46 @@ pytestmark = pytest.mark.skipif(not (RELEASE / "model" / "model.safetensors").is
                                 reason="no release yet: the 24-epoch release run has not finished")
 
 
+RESULTS_PAGE = ROOT / "docs" / "results.md"
+
+
 def readme_section() -> str:
+    """The generated results section (docs/results.md)."""
     from s10.report import END, START
 
-    return (ROOT / "README.md").read_text().split(START, 1)[1].split(END, 1)[0]
+    return RESULTS_PAGE.read_text().split(START, 1)[1].split(END, 1)[0]
 
 
-def test_report_reproduces_the_readme_results_section():
-    from s10.report import render
+def readme_headline() -> str:
+    from s10.report import HEADLINE_END, HEADLINE_START
 
-    assert readme_section() == "\n" + render(RELEASE, ROOT)
+    return (ROOT / "README.md").read_text().split(HEADLINE_START, 1)[1].split(HEADLINE_END, 1)[0]
+
+
+def test_report_reproduces_the_results_page_and_the_readme_headline():
+    from s10.report import headline, render
+
+    assert readme_section() == "\n" + render(RELEASE, RESULTS_PAGE.parent)
+    assert readme_headline() == "\n" + headline(RELEASE)
+
+
+def test_every_benchmark_section_is_what_its_result_file_renders():
+    """No figure in the README or docs/ is typed by hand: each marked section equals what bench/render.py makes of
+    the committed result file, and every result file has its section."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render", ROOT / "bench" / "render.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    names = set()
+    for path in render.DOCS:
+        text = path.read_text()
+        for name in render.sections(text):
+            names.add(name)
+            assert (render.RESULTS / f"{name}.json").is_file(), f"{path.name}: no result file for {name}"
+            body = text.split(render.start(name), 1)[1].split(render.end(name), 1)[0]
+            assert body == "\n" + render.render(name), f"{path.name}: section {name} differs from its result file"
+    assert names == {p.stem for p in render.RESULTS.glob("*.json")}
 
 
 def test_examples_are_classified_as_their_class_or_the_readme_says_which_not():
@@ -58,8 +88,18 @@ def test_the_committed_weights_score_what_the_readme_card_and_app_state():
     assert measured["test_images"] == 10_000
     plain, tta = (f"{100 * measured[k]:.2f} %" for k in ("test_acc", "test_acc_tta"))
     assert f"| CIFAR-10 test split | 10,000 | {plain} | {tta} |" in readme_section()
+    assert f"**{plain}** test accuracy on CIFAR-10's 10,000 test images (**{tta}** with flip TTA)" in readme_headline()
     assert f"{plain} on 10,000 test images, {tta} with flip TTA" in proc.stderr
+    recorded = json.loads((RELEASE / "results.json").read_text())["calibration"]
+    cal = measured["calibration"]
+    assert cal["uncalibrated"] == recorded["uncalibrated"] and cal["calibrated_held_out"] == recorded["calibrated"]
+    assert cal["temperature_in_config"] == cal["temperature_fitted_here"] == recorded["temperature"]
+    before, after = recorded["uncalibrated"], recorded["calibrated"]
+    assert (f"{before['ece']:.4f} / {before['nll']:.4f} / {before['brier']:.4f} plain softmax, {after['ece']:.4f} / "
+            f"{after['nll']:.4f} / {after['brier']:.4f} temperature-scaled") in proc.stderr
+    assert f"| temperature-scaled (held-out halves) | {after['ece']:.4f} |" in readme_section()
     card = ModelCard.load(RELEASE / "model" / "README.md")
+    assert f"| temperature-scaled (held-out halves) | {after['ece']:.4f} |" in card.text
     _, evals = model_index_to_eval_results(card.data.to_dict()["model-index"])
     assert {e.metric_name: e.metric_value for e in evals} == {"Test accuracy": measured["test_acc"],
                                                               "Test accuracy (flip TTA)": measured["test_acc_tta"]}
@@ -72,6 +112,7 @@ def test_release_meets_the_bar_and_ships_small():
     assert results["epochs"] == 24 and results["test_images"] == 10_000
     assert results["test_acc"] >= 0.93, results["test_acc"]
     model_bytes = sum(p.stat().st_size for p in (RELEASE / "model").rglob("*") if p.is_file())
+    assert (RELEASE / "reliability.png").is_file() and (RELEASE / "model" / "reliability.png").is_file()
     assert model_bytes < 30_000_000, model_bytes
     assert not list(RELEASE.rglob("*.ckpt"))
 

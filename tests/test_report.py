@@ -129,17 +129,22 @@ def test_grid_draws_ten_captioned_images(monkeypatch, tmp_path):
 
 
 def test_report_is_deterministic_and_rewrites_the_readme(finished_run, tmp_path):
-    from s10.report import END, START, main
+    from s10.report import END, HEADLINE_END, HEADLINE_START, START, main
 
     run, _ = finished_run
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\n{START}\nold\n{END}\n\nfooter\n")
-    assert main([str(run), "--readme", str(readme)]) == 0
-    first = readme.read_bytes()
-    assert main([str(run), "--readme", str(readme)]) == 0
-    assert readme.read_bytes() == first
-    text = first.decode()
-    assert "old" not in text and text.endswith("footer\n") and "| 2 |" in text and "misclassified.png" in text
+    readme, page = tmp_path / "README.md", tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    readme.write_text(f"# title\n\n{HEADLINE_START}\nold\n{HEADLINE_END}\n\nfooter\n")
+    page.write_text(f"# results\n\n{START}\nold\n{END}\n\nfooter\n")
+    args = [str(run), "--readme", str(readme), "--results", str(page)]
+    assert main(args) == 0
+    first = readme.read_bytes(), page.read_bytes()
+    assert main(args) == 0
+    assert (readme.read_bytes(), page.read_bytes()) == first
+    text = first[1].decode()
+    assert "\nold\n" not in text and text.endswith("footer\n") and "| 2 |" in text and "misclassified.png" in text
+    headline = first[0].decode()
+    assert "\nold\n" not in headline and "test accuracy on CIFAR-10's" in headline and headline.endswith("footer\n")
     assert main([str(tmp_path / "nothing")]) == 2
 
 

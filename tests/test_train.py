@@ -128,7 +128,7 @@ def test_default_precision_follows_native_support(monkeypatch, device, cuda_nati
         return cuda_native_bf16 or including_emulation
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
-    monkeypatch.setattr(fabric_train, "cpu_flags", lambda: cpu_flags)
+    monkeypatch.setattr(fabric_train.hardware, "cpu", lambda: fabric_train.hardware.Cpu(flags=frozenset(cpu_flags)))
     assert fabric_train.default_precision(device) == expected
     if device == "cuda":
         assert asked == {"including_emulation": False}
@@ -140,7 +140,7 @@ def test_default_precision_on_this_machine(tiny_data, tmp_path):
 
     run = tmp_path / "run"
     ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--epochs", 1, "--no-checkpoint", script=PROBE))
-    native = bool(fabric_train.cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    native = fabric_train.hardware.cpu().native_bf16
     config = json.loads((run / "config.json").read_text())
     assert config["args"]["precision"] == ("bf16-mixed" if native else "32-true")
     assert probe(run)["dtypes"]["training_step"] == ["bfloat16" if native else "float32"]
@@ -223,7 +223,6 @@ def test_resume_restores_the_metrics_from_the_checkpoint(tiny_data, tmp_path):
     (["--data", "{tiny}", "--batch-size", "0"], "--batch-size"),
     (["--data", "{tiny}", "--batch-size", "x"], "invalid int value"),
     (["--data", "{tiny}", "--accelerator", "cpu", "--devices", "2", "--batch-size", "15"], "not divisible"),
-    (["--data", "{tiny}", "--resume"], "no checkpoint"),
     (["--data", "{tiny}", "--max-lr", "-1"], "--max-lr must be positive"),
     (["--data", "{tiny}", "--max-lr", "0.1", "--find-lr"], "not allowed with argument"),
     (["--data", "{tiny}", "--label-smoothing", "1.5"], "--label-smoothing"),
@@ -265,3 +264,178 @@ def test_two_epochs_on_5000_real_images_learn(tmp_path):
                  "--test-limit", 2000, "--no-progress-bar", "--no-checkpoint", timeout=900))
     acc = float(metrics(run)[-1]["test_acc"])
     assert acc >= 0.40, acc
+
+
+# -- a run survives any kill ------------------------------------------------------------------------------------------
+
+KILLABLE = ["--data", None, "--smoke", "--batch-size", 16, "--epochs", 3, "--find-lr", "--lr-find-steps", 30,
+            "--no-progress-bar"]
+
+
+def killable(tiny_data) -> list:
+    return [tiny_data if a is None else a for a in KILLABLE]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    ok(run_train(*killable(tiny_data), "--out", run, script=PROBE, env={"PROBE_STEP_SECONDS": "0.3"}))
+    return run
+
+
+def kill_when(cmd_args, ready, env) -> None:
+    """Start the real entry point, SIGKILL it (no clean-up runs) as soon as `ready()` holds."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(PROBE), *map(str, cmd_args)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the point it was to be killed at"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("point", ["lr range test", "epoch 1", "epoch 2"])
+def test_a_run_killed_at_any_point_resumes_to_the_same_end(tiny_data, tmp_path, uninterrupted, point):
+    """SIGKILL during the LR range test, during epoch 1 (after the epoch-0 checkpoint) or during epoch 2: the same
+    command with --resume finishes the run, with the peak LR the range test found and the weights of a run that was
+    never stopped."""
+    run = tmp_path / "run"
+    log = run / "train.log"
+    ckpt = run / "checkpoints" / "last.ckpt"
+
+    def text():
+        return log.read_text() if log.is_file() else ""
+
+    ready = {"lr range test": lambda: "LR range test: up to" in text(),
+             "epoch 1": lambda: ckpt.is_file() and "epoch  1/" not in text(),
+             "epoch 2": lambda: "epoch  1/" in text() and "epoch  2/" not in text()}[point]
+    slow = {"PROBE_STEP_SECONDS": "0.3"}  # each training step sleeps: time to land inside an epoch
+    kill_when([*killable(tiny_data), "--out", run], ready, slow)
+    assert not (run / "results.json").exists()
+    ok(run_train(*killable(tiny_data), "--out", run, "--resume", script=PROBE, env=slow))
+    assert [int(r["epoch"]) for r in metrics(run)] == [1, 2, 3]
+    found = json.loads((uninterrupted / "config.json").read_text())["recipe"]["max_lr"]
+    assert json.loads((run / "config.json").read_text())["recipe"]["max_lr"] == found
+    a, b = load_file(uninterrupted / "model" / "model.safetensors"), load_file(run / "model" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+
+
+def test_a_resumed_run_refuses_another_precision(tiny_data, tmp_path, capfd):
+    import fabric_train
+
+    run = tmp_path / "run"
+    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--precision", "32-true", "--stop-after-epoch", 1))
+    code = fabric_train.cli(["--data", str(tiny_data), "--out", str(run), *map(str, SMOKE), "--resume",
+                             "--precision", "bf16-mixed"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "has --precision 32-true, not bf16-mixed" in err[0]
+
+
+def test_lr_range_test_leaves_the_gradient_scaler_as_it_found_it(tiny_data, tmp_path):
+    """Under 16-mixed (a GradScaler whose scale grows every step, so the sweep moves it), the LR range test restores
+    the scaler with the network and the optimizer: the run's first step sees the scale it would have seen."""
+    import fabric_train
+    import s10.lr_finder
+    from lightning.fabric import Fabric
+    from lightning.fabric.plugins import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", growth_factor=3.0, growth_interval=1)  # x3 or x0.5 each step: it moves
+    fabric = Fabric(accelerator="cpu", devices=1, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    args = fabric_train.parse_args(["--data", str(tiny_data), "--out", str(tmp_path / "run"), "--smoke",
+                                    "--batch-size", "16", "--lr-find-steps", "12"])
+    args.out.mkdir()
+    recipe, _ = fabric_train.start_or_resume(args)
+    run = fabric_train.Run(fabric, args, recipe, code={})
+    fabric_train.load_data(run)
+    fabric_train.setup_model(run)
+    before = scaler.state_dict()
+    during = {}
+    sweep = s10.lr_finder.lr_range_test
+
+    def recording(*a, **kw):
+        found = sweep(*a, **kw)
+        during.update(scaler.state_dict())
+        return found
+
+    s10.lr_finder.lr_range_test = recording
+    try:
+        fabric_train.find_lr(run)
+    finally:
+        s10.lr_finder.lr_range_test = sweep
+    assert during["scale"] != before["scale"]  # the sweep did move it
+    assert scaler.state_dict() == before
+
+
+def test_a_failure_that_is_not_a_flag_keeps_its_traceback(tiny_data, tmp_path, monkeypatch, capfd):
+    """A device or NCCL failure inside Fabric is not turned into a one-line usage error."""
+    import fabric_train
+    import lightning.fabric
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("NCCL error: unhandled system error")
+
+    monkeypatch.setattr(lightning.fabric, "Fabric", broken)
+    with pytest.raises(RuntimeError, match="NCCL error"):
+        fabric_train.cli(["--data", str(tiny_data), "--out", str(tmp_path / "run"), "--smoke"])
+
+
+# -- several nodes, on loopback ---------------------------------------------------------------------------------------
+
+
+def run_nodes(tiny_data, tmp_path, out, devices: int) -> list:
+    """`fabric run` on 2 nodes of `devices` CPU processes each, on 127.0.0.1, each node with its own copy of the
+    data folder (as nodes without a shared file system have): [(node's data copy, finished process)]."""
+    import subprocess
+
+    from tests.conftest import free_port
+
+    port, procs = free_port(), []
+    for node in (0, 1):
+        data = tmp_path / f"data-node{node}"
+        shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns(".s10-cache"))
+        cmd = [str(Path(sys.executable).parent / "fabric"), "run", "--accelerator", "cpu", "--devices", str(devices),
+               "--num-nodes", "2", "--node-rank", str(node), "--main-address", "127.0.0.1", "--main-port", str(port),
+               str(ROOT / "fabric_train.py"), "--accelerator", "cpu", "--devices", str(devices), "--num-nodes", "2",
+               "--data", str(data), "--out", str(out), *map(str, SMOKE)]
+        env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+        procs.append((data, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                             text=True)))
+    finished = []
+    for data, proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{stdout[-3000:]}\n{stderr[-5000:]}"
+        finished.append((data, proc))
+    return finished
+
+
+def test_two_nodes_on_loopback_equal_one_node_with_two_processes(tiny_data, tmp_path):
+    """2 nodes x 1 process through `fabric run --num-nodes 2` on 127.0.0.1: each node decodes its own data copy,
+    and the run ends with the weights and test accuracy of 1 node x 2 processes (same seed, same data)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    ok(run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", one, *SMOKE))
+    nodes = run_nodes(tiny_data, tmp_path, two, devices=1)
+    for data, _ in nodes:
+        assert list((data / ".s10-cache").glob("test-*.safetensors")), f"{data} was not prepared on its node"
+    config = json.loads((two / "config.json").read_text())
+    assert config["world_size"] == 2 and config["num_nodes"] == 2
+    a, b = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+    results = [json.loads((run / "results.json").read_text()) for run in (one, two)]
+    assert results[0]["test_acc"] == results[1]["test_acc"] and results[1]["test_images"] == 21
+
+
+def test_two_nodes_of_two_processes_smoke(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    run_nodes(tiny_data, tmp_path, run, devices=2)
+    config = json.loads((run / "config.json").read_text())
+    assert config["world_size"] == 4 and config["num_nodes"] == 2
+    assert float(metrics(run)[-1]["test_acc"]) == pytest.approx(recount(run, tiny_data), abs=1e-6)
