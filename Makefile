@@ -73,10 +73,13 @@ S10_MODEL ?= $(CURDIR)/$(RELEASE)/model
 demo: install
 	S10_MODEL=$(S10_MODEL) $(PY) space/app.py
 
+# Every benchmark, its results into bench/results/, then into the docs (run it on an otherwise idle machine).
 bench: install data
-	$(PY) bench/train_throughput.py --data $(DATA)
-	$(PY) bench/cam_faithfulness.py --data $(DATA) --markdown
-	$(PY) bench/app_latency.py
+	$(PY) bench/train_throughput.py --data $(DATA) --steps 10 --rounds 3 --json bench/results/train_throughput.json
+	$(PY) bench/cam_faithfulness.py --data $(DATA) --json bench/results/cam_faithfulness.json
+	$(PY) bench/app_latency.py --json bench/results/app_latency.json
+	$(PY) bench/app_load.py --json bench/results/app_load.json
+	$(PY) bench/render.py
 
 # The README's and the Space's pictures: the real app with the released model, in Chromium.
 screenshots: install browser

@@ -1,7 +1,10 @@
 """App latency on this CPU, in process: p50 and p95 of each request kind, against bare-model baselines measured in
 the same process.
 
-    python bench/app_latency.py [--model release/model] [--repeats 30]
+    python bench/app_latency.py [--model release/model] [--repeats 30] [--json bench/results/app_latency.json]
+
+The app's functions are called as the server calls them, with its thread setting (S10_THREADS); what a visitor waits
+for over HTTP is bench/app_load.py's. The figures: docs/app.md, written by bench/render.py.
 
 Goals on a 2-core CPU (p50): predict < 10 ms; predict + 3 maps with the default method and layer, overlays included,
 < 40 ms; the 10-image misclassified gallery explained both ways (20 maps) < 150 ms; a 12-MP upload < 200 ms; start

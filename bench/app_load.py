@@ -12,7 +12,7 @@ The same runs go to `bench/noop_app.py` (PNG pictures made once, encoded by grad
 over no-op req/s is the ratio reported. The soak sends `--soak` mixed requests (every kind, random methods, layers,
 targets, k, opacity; the examples and 40 distinct uploads) from 8 users and samples the server's RSS and the
 gradio cache (files and bytes) after each tenth. The clients share the server's 2 cores: both apps pay that alike.
-The README's "Serving" section is rendered from the JSON (python -m s10.bench_report).
+docs/app.md's served section is written from the JSON by bench/render.py.
 """
 
 from __future__ import annotations

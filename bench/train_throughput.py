@@ -20,7 +20,8 @@ clock is measured, not read: /proc/cpuinfo (and a VM's) shows the nominal clock,
 chain of dependent integer adds (one per cycle) is timed on every core at once, compiled with the system's C compiler
 (the nominal clock is used when there is none).
 
-Measured figures and the hardware are in the README ("Speed").
+Measured figures and the hardware: docs/speed.md, written by bench/render.py from
+bench/results/train_throughput.json.
 """
 
 from __future__ import annotations

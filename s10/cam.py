@@ -21,9 +21,9 @@ from torchcam.utils import overlay_mask
 
 # The methods the app offers, by the name the page and the API use: torchcam's methods that need one forward and one
 # backward pass. ScoreCAM is left out: it runs one forward pass per channel of the layer (512 at layer3), seconds
-# for three maps on a 2-core CPU against tens of milliseconds for these (bench/cam_faithfulness.py; figures in README).
+# for three maps on a 2-core CPU against milliseconds for these (bench/cam_faithfulness.py; figures in docs/app.md).
 CAM_METHODS = {"GradCAM": GradCAM, "GradCAM++": GradCAMpp, "XGradCAM": XGradCAM, "LayerCAM": LayerCAM}
-# Chosen by the rule in bench/cam_faithfulness.py (the README has the table): among maps of at least 8x8 that take
+# Chosen by the rule in bench/cam_faithfulness.py (docs/app.md has the table): among maps of at least 8x8 that take
 # under 40 ms, the lowest average drop (within 0.01, the higher increase). layer3's 4x4 maps score better but cover a
 # photo in four blobs.
 DEFAULT_METHOD = "GradCAM++"

@@ -81,9 +81,10 @@ def same_flags(logits: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, 
     return round(((top < plain_threshold) == (probs.max(-1).values < threshold)).float().mean().item(), 4)
 
 
-def misclassified(logits: torch.Tensor, split: Split, k: int = PACK_SIZE) -> dict:
-    """The k most confidently wrong test images: uint8 pixels, true and predicted label, confidence."""
-    probs = logits.softmax(-1)
+def misclassified(logits: torch.Tensor, split: Split, k: int = PACK_SIZE, temperature: float = 1.0) -> dict:
+    """The k most confidently wrong test images: uint8 pixels, true and predicted label, confidence (the calibrated
+    probability, softmax(logits / temperature), as the app shows it)."""
+    probs = calibrated(logits, temperature)
     conf, pred = probs.max(-1)
     labels = split.labels.to(logits.device)
     wrong = (pred != labels).nonzero().flatten()
@@ -127,11 +128,9 @@ def write_results(out: Path, rows: list[dict], data, net, logits, logits_tta, re
     plots.curves(rows, out / "curves.png", schedule)
     plots.confusion_matrix(results["confusion_matrix"], data.classes, out / "confusion_matrix.png")
     plots.reliability(results["calibration"], out / "reliability.png")
-    pack = misclassified(logits, data.test)
+    pack = misclassified(logits, data.test, temperature=results["temperature"])
     names = data.classes
-    plots.misclassified_grid(pack["images"][:10], [plots.caption(names[t], names[p], c) for t, p, c in
-                                                  zip(pack["true"][:10], pack["pred"][:10], pack["confidence"][:10])],
-                             out / "misclassified.png")
+    write_misclassified_grid(pack, names, out / "misclassified.png")
 
     model_dir = out / "model"
     net.config.temperature = results["temperature"]
@@ -141,10 +140,19 @@ def write_results(out: Path, rows: list[dict], data, net, logits, logits_tta, re
     return results
 
 
+def write_misclassified_grid(pack: dict, names: list[str], path: Path) -> None:
+    from s10 import plots
+
+    plots.misclassified_grid(pack["images"][:10], [plots.caption(names[t], names[p], c) for t, p, c in
+                                                  zip(pack["true"][:10], pack["pred"][:10], pack["confidence"][:10])],
+                             path)
+
+
 def recalibrate(run: Path, data) -> dict:
     """Measure a finished run's published weights again (float32, every test image) and write what the calibration
-    adds to its record: results.json (the training figures kept), reliability.png, and model/config.json's
-    temperature and headline. model.safetensors is not rewritten (the weights stay byte-identical)."""
+    adds to its record: results.json (the training figures kept), reliability.png, model/config.json's temperature
+    and headline, and the misclassified pack and grid with calibrated confidences. model.safetensors is not rewritten
+    (the weights stay byte-identical)."""
     from s10 import plots
     from s10.model import S10Net
 
@@ -159,6 +167,9 @@ def recalibrate(run: Path, data) -> dict:
             results[key] = old[key]
     (run / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plots.reliability(results["calibration"], run / "reliability.png")
+    pack = misclassified(logits, data.test, temperature=results["temperature"])
+    save_misclassified(pack, cfg.class_names, run / "model")
+    write_misclassified_grid(pack, cfg.class_names, run / "misclassified.png")
     config_path = run / "model" / "config.json"
     config = json.loads(config_path.read_text())
     config["temperature"] = results["temperature"]
