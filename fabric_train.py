@@ -220,6 +220,8 @@ def build_fabric(args):
         return Fabric(accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes,
                       precision=precision, callbacks=callbacks, loggers=loggers)
 
+    # `fabric run` reads --precision itself (wherever it stands) and hands it over in LT_PRECISION.
+    args.precision = args.precision or os.environ.get("LT_PRECISION")
     try:
         if args.precision is None:  # the device is known once Fabric has chosen it
             args.precision = default_precision(fabric("32-true").device.type)
@@ -488,13 +490,14 @@ def write_config(run: Run) -> None:
     if not run.fabric.is_global_zero:
         return
     args, recipe, data, world = run.args, run.recipe, run.data, run.fabric.world_size
+    nodes = getattr(run.fabric.strategy, "num_nodes", 1)  # as launched: `fabric run` or SLURM may set it, not a flag
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     if run.saved is None:
         config = {"args": flags, "recipe": asdict(recipe), "arch": asdict(run.net.config), "world_size": world,
-                  "num_nodes": args.num_nodes, "steps_per_epoch": len(data.train) // recipe.batch_size,
+                  "num_nodes": nodes, "steps_per_epoch": len(data.train) // recipe.batch_size,
                   **run_provenance(data, run.code)}
         log.info(f"S10 on {data.source}: {len(data.train)} train / {len(data.test)} test images, "
-                 f"{world} x {run.fabric.device.type} on {args.num_nodes} node(s), {args.precision}, batch "
+                 f"{world} x {run.fabric.device.type} on {nodes} node(s), {args.precision}, batch "
                  f"{recipe.batch_size}, {recipe.epochs} epochs of {config['steps_per_epoch']} steps, peak LR "
                  f"{recipe.max_lr:.3e}")
     else:

@@ -204,9 +204,9 @@ def _picture(image) -> Image.Image:
 
 def served(picture: Image.Image, lossless: bool = False) -> str:
     """The path of `picture` encoded for the page, in gradio's cache: PNG where every pixel matters (the network's
-    32x32 view, the test images), else JPEG at quality 90 without chroma subsampling (a heat map overlay: a third of
-    the PNG's bytes and about a fiftieth of its encoding time). Written once, atomically; an existing copy is only
-    touched, so gradio's delete_cache, which goes by ctime, counts its age from its latest use."""
+    32x32 view, the test images), else JPEG at quality 90 without chroma subsampling (a heat map overlay: a fraction
+    of the PNG's bytes and encoding time, and a test holds it to the PNG's look). Written once, atomically; an existing
+    copy is only touched, so gradio's delete_cache, which goes by ctime, counts its age from its latest use."""
     buffer = io.BytesIO()
     if lossless:
         picture.save(buffer, "PNG")

@@ -390,7 +390,10 @@ def test_a_failure_that_is_not_a_flag_keeps_its_traceback(tiny_data, tmp_path, m
 # -- several nodes, on loopback ---------------------------------------------------------------------------------------
 
 
-def run_nodes(tiny_data, tmp_path, out, devices: int) -> list:
+SAME_ARITHMETIC = {"OMP_NUM_THREADS": "1"}  # Fabric gives each process cores / local processes threads otherwise
+
+
+def run_nodes(tiny_data, tmp_path, out, devices: int, *flags) -> list:
     """`fabric run` on 2 nodes of `devices` CPU processes each, on 127.0.0.1, each node with its own copy of the
     data folder (as nodes without a shared file system have): [(node's data copy, finished process)]."""
     import subprocess
@@ -403,9 +406,9 @@ def run_nodes(tiny_data, tmp_path, out, devices: int) -> list:
         shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns(".s10-cache"))
         cmd = [str(Path(sys.executable).parent / "fabric"), "run", "--accelerator", "cpu", "--devices", str(devices),
                "--num-nodes", "2", "--node-rank", str(node), "--main-address", "127.0.0.1", "--main-port", str(port),
-               str(ROOT / "fabric_train.py"), "--accelerator", "cpu", "--devices", str(devices), "--num-nodes", "2",
-               "--data", str(data), "--out", str(out), *map(str, SMOKE)]
-        env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+               str(ROOT / "fabric_train.py"), "--data", str(data), "--out", str(out), *map(str, SMOKE),
+               *map(str, flags)]
+        env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **SAME_ARITHMETIC}
         procs.append((data, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                              text=True)))
     finished = []
@@ -418,10 +421,12 @@ def run_nodes(tiny_data, tmp_path, out, devices: int) -> list:
 
 def test_two_nodes_on_loopback_equal_one_node_with_two_processes(tiny_data, tmp_path):
     """2 nodes x 1 process through `fabric run --num-nodes 2` on 127.0.0.1: each node decodes its own data copy,
-    and the run ends with the weights and test accuracy of 1 node x 2 processes (same seed, same data)."""
+    and the run ends with the weights and test accuracy of 1 node x 2 processes (same seed, same data; float32 and
+    one thread per process in both, so the arithmetic is the same)."""
     one, two = tmp_path / "one", tmp_path / "two"
-    ok(run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", one, *SMOKE))
-    nodes = run_nodes(tiny_data, tmp_path, two, devices=1)
+    ok(run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", one, *SMOKE,
+                 "--precision", "32-true", env=SAME_ARITHMETIC))
+    nodes = run_nodes(tiny_data, tmp_path, two, 1, "--precision", "32-true")
     for data, _ in nodes:
         assert list((data / ".s10-cache").glob("test-*.safetensors")), f"{data} was not prepared on its node"
     config = json.loads((two / "config.json").read_text())
@@ -435,7 +440,7 @@ def test_two_nodes_on_loopback_equal_one_node_with_two_processes(tiny_data, tmp_
 
 def test_two_nodes_of_two_processes_smoke(tiny_data, tmp_path):
     run = tmp_path / "run"
-    run_nodes(tiny_data, tmp_path, run, devices=2)
+    run_nodes(tiny_data, tmp_path, run, 2)
     config = json.loads((run / "config.json").read_text())
     assert config["world_size"] == 4 and config["num_nodes"] == 2
     assert float(metrics(run)[-1]["test_acc"]) == pytest.approx(recount(run, tiny_data), abs=1e-6)
