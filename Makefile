@@ -10,7 +10,7 @@ RELEASE := release
 .PHONY: help install test test-fast data train resume demo bench report release-record release-recalibrate screenshots publish publish-dry-run clean browser
 
 help:
-	@echo "make install | test | test-fast | data | train | resume | demo | bench | report | release-record RUN=... | publish-dry-run | publish"
+	@echo "make install | test | test-fast | data | train | resume | demo | bench | report | screenshots | release-record RUN=... | release-recalibrate | publish-dry-run | publish"
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -421,11 +421,10 @@ def gather_uneven(fabric, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def finish(run: Run) -> None:
-    """Every rank predicts its share of the test set, rank 0 writes the results from all of it and the model card.
-    These figures are the published ones, so they are measured as users run the weights: in float32
-    (`python -m s10.evaluate` and the app get the same), whatever the training precision."""
-    from hub.card import write_model_card
-    from s10.evaluate import predict_logits, write_results
+    """Every rank predicts its share of the test set, rank 0 writes the run's files from all of it. These figures are
+    the published ones, so they are measured as users run the weights: in float32 (`python -m s10.evaluate` and
+    the app get the same), whatever the training precision."""
+    from s10.evaluate import predict_logits
 
     fabric, net, cfg = run.fabric, run.net, run.net.config
     per_rank = run.recipe.batch_size // fabric.world_size
@@ -433,9 +432,7 @@ def finish(run: Run) -> None:
     logits = gather_uneven(fabric, predict_logits(net, run.test.images, cfg.mean, cfg.std, per_rank))
     flipped = gather_uneven(fabric, predict_logits(net, run.test.images, cfg.mean, cfg.std, per_rank, flip=True))
     if fabric.is_global_zero:
-        results = write_results(run.out, run.rows, run.data, net, logits, (logits + flipped) / 2, run.recipe,
-                                run.module.lr_schedule())
-        write_model_card(run.out)
+        results = write_results(run, logits, (logits + flipped) / 2)
         log.info(f"final evaluation of the published weights (float32, {results['test_images']:,} test images): "
                  f"test accuracy {results['test_acc']:.4f}, flip TTA {results['test_acc_tta']:.4f}; wrote {run.out}")
     fabric.barrier()
@@ -447,6 +444,38 @@ def finish(run: Run) -> None:
         except PushError as err:
             raise UsageError(f"{err} (the run is complete in {run.out}; retry with python -m hub.push "
                              f"{run.out})") from None
+
+
+def write_results(run: Run, logits: torch.Tensor, logits_tta: torch.Tensor) -> dict:
+    """Rank 0: results.json, per_class.csv, the plots, model/ (weights, config with the temperature and the headline
+    results, the misclassified pack) and its model card."""
+    from hub.card import write_model_card
+    from s10 import plots
+    from s10.evaluate import headline, misclassified, save_misclassified, test_results, write_misclassified_grid
+
+    out, data, net = run.out, run.data, run.net
+    results = test_results(logits, logits_tta, data.test, data.classes)
+    results.update(epochs=len(run.rows), peak_lr=run.recipe.max_lr,
+                   train_time_s=round(sum(r["epoch_time_s"] for r in run.rows), 1),
+                   final_train_acc=round(run.rows[-1]["train_acc"], 6))
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    with open(out / "per_class.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "test_images", "test_acc"])
+        counts = torch.bincount(data.test.labels, minlength=len(data.classes)).tolist()
+        for c, n in zip(data.classes, counts):
+            writer.writerow([c, n, f"{results['per_class_acc'][c]:.4f}"])
+    plots.curves(run.rows, out / "curves.png", run.module.lr_schedule())
+    plots.confusion_matrix(results["confusion_matrix"], data.classes, out / "confusion_matrix.png")
+    plots.reliability(results["calibration"], out / "reliability.png")
+    pack = misclassified(logits, data.test, temperature=results["temperature"])
+    write_misclassified_grid(pack, data.classes, out / "misclassified.png")
+    net.config.temperature = results["temperature"]
+    net.config.results = headline(results)
+    net.cpu().to(memory_format=torch.contiguous_format).save_pretrained(out / "model")
+    save_misclassified(pack, data.classes, out / "model")
+    write_model_card(out)
+    return results
 
 
 # -- provenance ------------------------------------------------------------------------------------------------------

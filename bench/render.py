@@ -72,7 +72,8 @@ def app_latency(r: dict) -> list[str]:
 
 
 def cam_faithfulness(r: dict) -> list[str]:
-    layers, rows, choice = list(r["sides"]), r["rows"], r["choice"]
+    rows, choice = r["rows"], r["choice"]
+    layers = list(dict.fromkeys(row["layer"] for row in rows))  # the model's order
     rule = r["rule"]
     lines = ["`python bench/cam_faithfulness.py --data .data/cifar10 --json bench/results/cam_faithfulness.json` "
              f"({r['date']}; {r['images']} seeded test images, the released weights; {r['machine']}; torch "
@@ -96,7 +97,7 @@ def cam_faithfulness(r: dict) -> list[str]:
 def train_throughput(r: dict) -> list[str]:
     lines = [f"`python bench/train_throughput.py --data .data/cifar10 --steps {r['steps']} --rounds {r['rounds']} "
              f"--json bench/results/train_throughput.json` ({r['date']}; {r['machine']}; clock measured "
-             f"{r['ghz_measured']} GHz all-core, /proc/cpuinfo says {r['ghz_cpuinfo']}; torch {r['torch']}, "
+             f"{r['ghz_measured']:.2f} GHz all-core, /proc/cpuinfo says {r['ghz_cpuinfo']:.2f}; torch {r['torch']}, "
              f"{r['threads']} threads, batch {r['batch']}, median of {r['rounds']} rounds of {r['steps']} steps). One "
              f"S10 training image costs {r['gflop_per_image']:.2f} GFLOP (forward + backward, counted by "
              "`torch.utils.flop_counter`).", "",

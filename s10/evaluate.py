@@ -1,7 +1,9 @@
-"""Test-set evaluation: accuracy (plain and with flip TTA), per class, confusion matrix, and the misclassified pack;
-the files a finished run writes from them. Used at the end of training, and alone to check a released model:
+"""Test-set evaluation: accuracy (plain and with flip TTA), per class, confusion matrix, calibration, and the
+misclassified pack. Used by the end of training (fabric_train.py writes the run's files from it), and alone to check
+a released model or to add the calibration to a finished run's record:
 
     python -m s10.evaluate MODEL_DIR DATA_ROOT      # e.g. release/model .data/cifar10: JSON, and a summary on stderr
+    python -m s10.evaluate RUN/model DATA_ROOT --recalibrate RUN
 
 torchmetrics' functional API computes every figure, from the logits of the whole test set.
 """
@@ -9,7 +11,6 @@ torchmetrics' functional API computes every figure, from the logits of the whole
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -106,38 +107,6 @@ def save_misclassified(pack: dict, classes: list[str], folder: Path) -> None:
         for i, t, p, c in zip(pack["index"], pack["true"], pack["pred"], pack["confidence"])
     ]
     (folder / "misclassified.json").write_text(json.dumps(index, indent=1) + "\n")
-
-
-def write_results(out: Path, rows: list[dict], data, net, logits, logits_tta, recipe, schedule) -> dict:
-    """Rank 0, at the end of a run: results.json, per_class.csv, the plots, and model/ (weights, config with the
-    temperature and the headline results, misclassified pack). The run's finish writes the model card."""
-    from s10 import plots
-
-    results = test_results(logits, logits_tta, data.test, data.classes)
-    results["epochs"] = len(rows)
-    results["peak_lr"] = recipe.max_lr
-    results["train_time_s"] = round(sum(r["epoch_time_s"] for r in rows), 1)
-    results["final_train_acc"] = round(rows[-1]["train_acc"], 6)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    with open(out / "per_class.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class", "test_images", "test_acc"])
-        counts = torch.bincount(data.test.labels, minlength=len(data.classes)).tolist()
-        for c, n in zip(data.classes, counts):
-            writer.writerow([c, n, f"{results['per_class_acc'][c]:.4f}"])
-    plots.curves(rows, out / "curves.png", schedule)
-    plots.confusion_matrix(results["confusion_matrix"], data.classes, out / "confusion_matrix.png")
-    plots.reliability(results["calibration"], out / "reliability.png")
-    pack = misclassified(logits, data.test, temperature=results["temperature"])
-    names = data.classes
-    write_misclassified_grid(pack, names, out / "misclassified.png")
-
-    model_dir = out / "model"
-    net.config.temperature = results["temperature"]
-    net.config.results = headline(results)
-    net.cpu().to(memory_format=torch.contiguous_format).save_pretrained(model_dir)
-    save_misclassified(pack, names, model_dir)
-    return results
 
 
 def write_misclassified_grid(pack: dict, names: list[str], path: Path) -> None:

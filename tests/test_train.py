@@ -268,7 +268,7 @@ def test_two_epochs_on_5000_real_images_learn(tmp_path):
 
 # -- a run survives any kill ------------------------------------------------------------------------------------------
 
-KILLABLE = ["--data", None, "--smoke", "--batch-size", 16, "--epochs", 3, "--find-lr", "--lr-find-steps", 30,
+KILLABLE = ["--data", None, "--smoke", "--batch-size", 16, "--epochs", 3, "--find-lr", "--lr-find-steps", 10,
             "--no-progress-bar"]
 
 
@@ -350,7 +350,7 @@ def test_lr_range_test_leaves_the_gradient_scaler_as_it_found_it(tiny_data, tmp_
     scaler = torch.amp.GradScaler("cpu", growth_factor=3.0, growth_interval=1)  # x3 or x0.5 each step: it moves
     fabric = Fabric(accelerator="cpu", devices=1, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
     args = fabric_train.parse_args(["--data", str(tiny_data), "--out", str(tmp_path / "run"), "--smoke",
-                                    "--batch-size", "16", "--lr-find-steps", "12"])
+                                    "--batch-size", "16", "--lr-find-steps", "4"])
     args.out.mkdir()
     recipe, _ = fabric_train.start_or_resume(args)
     run = fabric_train.Run(fabric, args, recipe, code={})
