@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,34 +41,21 @@ KINDS = ["predict", "explain", "explain+maps", "gallery"]
 
 
 class Server:
-    """An app script served in a subprocess on a free port, with its own gradio cache folder."""
+    """An app script served in a subprocess on a free port (the tests' real-server helper), with a gradio cache folder
+    of its own."""
 
     def __init__(self, script: Path, model: str, delete_cache: str | None = None):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        from tests.conftest import App
+
         self.cache = Path(tempfile.mkdtemp(prefix="s10-load-cache-"))
-        env = {**os.environ, "S10_MODEL": model, "GRADIO_SERVER_PORT": str(self.port), "HF_HUB_OFFLINE": "1",
-               "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(self.cache)}
+        env = {"S10_MODEL": model, "GRADIO_TEMP_DIR": str(self.cache)}
         if delete_cache:
             env["S10_DELETE_CACHE"] = delete_cache
-        self.proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{self.port}/"
-        deadline = time.time() + 120
-        while True:
-            try:
-                self.client()
-                return
-            except Exception:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"{script} did not start")
-                time.sleep(0.2)
+        self.app = App(script, env=env, cwd=ROOT)
+        self.proc = self.app.proc
 
     def client(self):
-        from gradio_client import Client
-
-        return Client(self.url, verbose=False)
+        return self.app.client()
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -92,11 +76,7 @@ class Server:
         return count, size / 1e6
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self.app.stop()
         shutil.rmtree(self.cache, ignore_errors=True)
 
 
