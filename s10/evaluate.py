@@ -40,6 +40,17 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, batc
     return torch.cat(out) if out else torch.empty(0)
 
 
+def released_logits(model_dir: str | Path, images: torch.Tensor):
+    """A model folder (or Hub repo) loaded as users load it, and its float32 logits for `images`: plain and flip TTA.
+    (model, logits, logits_tta)."""
+    from s10.model import S10Net
+
+    net = S10Net.from_pretrained(model_dir).to(memory_format=torch.channels_last)
+    cfg = net.config
+    logits = predict_logits(net, images, cfg.mean, cfg.std)
+    return net, logits, (logits + predict_logits(net, images, cfg.mean, cfg.std, flip=True)) / 2
+
+
 def _acc(logits, labels, n):
     return round(multiclass_accuracy(logits, labels, n, average="micro").item(), 6)
 
@@ -123,12 +134,9 @@ def recalibrate(run: Path, data) -> dict:
     and headline, and the misclassified pack and grid with calibrated confidences. model.safetensors is not rewritten
     (the weights stay byte-identical)."""
     from s10 import plots
-    from s10.model import S10Net
 
-    net = S10Net.from_pretrained(run / "model").to(memory_format=torch.channels_last)
+    net, logits, logits_tta = released_logits(run / "model", data.test.images)
     cfg = net.config
-    logits = predict_logits(net, data.test.images, cfg.mean, cfg.std)
-    logits_tta = (logits + predict_logits(net, data.test.images, cfg.mean, cfg.std, flip=True)) / 2
     old = json.loads((run / "results.json").read_text())
     results = test_results(logits, logits_tta, data.test, cfg.class_names)
     for key in ("epochs", "peak_lr", "train_time_s", "final_train_acc"):
@@ -166,7 +174,6 @@ def main(argv=None) -> int:
                         help="write the calibration into this finished run's record (its model/ is measured)")
     args = parser.parse_args(argv)
     from s10.data import DataError, load_dataset
-    from s10.model import S10Net
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
@@ -178,13 +185,11 @@ def main(argv=None) -> int:
             results = recalibrate(args.recalibrate, data)
             print(f"{args.recalibrate}: recalibrated, T = {results['temperature']}", file=sys.stderr)
             return 0
-        model = S10Net.from_pretrained(args.model_dir).to(memory_format=torch.channels_last)
+        model, logits, logits_tta = released_logits(args.model_dir, data.test.images)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     cfg = model.config
-    logits = predict_logits(model, data.test.images, cfg.mean, cfg.std)
-    logits_tta = (logits + predict_logits(model, data.test.images, cfg.mean, cfg.std, flip=True)) / 2
     results = test_results(logits, logits_tta, data.test, cfg.class_names)
     results.pop("confusion_matrix")
     cal = results.pop("calibration")
