@@ -4,26 +4,25 @@
     python fabric_train.py --data .data/cifar10 --out runs/s10 --find-lr --resume    # continue a killed run
     python fabric_train.py --accelerator cpu --devices 2 --data ... --out ...        # 2 processes (DDP, gloo)
     fabric run --accelerator cuda --devices 4 fabric_train.py --data ... --out ...   # 4 GPUs
-    fabric run --num-nodes 2 --node-rank R --main-address HOST ... fabric_train.py --num-nodes 2 ...   # 2 nodes
+    fabric run --num-nodes 2 --node-rank R --main-address HOST ... fabric_train.py ...   # 2 nodes
 
-Measured speed: docs/speed.md; the release run's accuracy and wall time: README.md and docs/results.md.
+Measured speed: docs/speed.md; the release run's accuracy and wall time: README.md and docs/results.md; CUDA, nodes
+and SLURM: docs/training.md.
 
 What changes versus plain PyTorch: Fabric places the model and data (no .to(device)), runs every forward pass under
 the precision's autocast (`--precision`), launches and syncs the processes (DDP), and saves/loads the checkpoint.
 The data stays on the device as uint8 and is augmented a batch at a time there (s10/data.py). Names: `net` is the
 network (an nn.Module), `module` the LightningModule that holds it, `model` what `fabric.setup` makes of the module.
+The run's record (config.json, results, model/) is written by s10/record.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import logging
 import os
-import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -33,11 +32,11 @@ from typing import Any
 
 import torch
 
-from s10 import hardware
+from s10 import hardware, record
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # the final evaluation and the saved weights need float32 weights
+STRATEGIES = ("auto", "ddp")  # FSDP/DeepSpeed shard the weights and the optimizer: the loop assumes whole copies
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]
 SMOKE_TRAIN_BATCHES = 3  # --smoke: global batches of training data per epoch
 log = logging.getLogger("s10")
 
@@ -59,10 +58,12 @@ class Run:
     args: argparse.Namespace  # the command line, precision resolved
     recipe: Any  # s10.module.Recipe: epochs, batch size, learning rates (max_lr found by the LR range test)
     code: dict  # the commit the code came from, read at start-up
-    saved: dict | None = None  # the run's config.json when it is resumed
+    saved: dict | None = None  # the run's config.json when it is resumed (global rank 0's copy, broadcast)
     data: Any = None  # s10.data.Dataset on the host: classes, sizes, the whole test split for the final evaluation
     train: Any = None  # the training split, uint8 on the device
     test: Any = None  # this rank's shard of the test split, uint8 on the device
+    mean: Any = None  # the normalisation's mean and std as float32 tensors on the device, made once
+    std: Any = None
     module: Any = None  # s10.module.S10Module, the LightningModule; its network is module.net
     model: Any = None  # the module as fabric.setup returned it (precision, DDP)
     optimizer: Any = None
@@ -83,9 +84,14 @@ class Run:
         return self.out / "checkpoints" / "last.ckpt"
 
     def state(self) -> dict:
-        """What checkpoints/last.ckpt holds: fabric.save and fabric.load read and fill this dict."""
-        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "epoch": self.epoch,
-                "rng": torch.get_rng_state(), "recipe": asdict(self.recipe), "metrics": self.rows}
+        """What checkpoints/last.ckpt holds: fabric.save and fabric.load read and fill this dict. Under 16-mixed the
+        gradient scaler's scale and growth tracker too, so a resumed run skips no step that the whole one took."""
+        state = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "epoch": self.epoch,
+                 "rng": torch.get_rng_state(), "recipe": asdict(self.recipe), "metrics": self.rows}
+        scaler = getattr(self.fabric.strategy.precision, "scaler", None)
+        if scaler is not None:
+            state["scaler"] = scaler
+        return state
 
 
 # -- arguments -------------------------------------------------------------------------------------------------------
@@ -105,12 +111,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         group = lr if f.name == "max_lr" else p
         group.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
                            help=f"{f.metadata['help']} (default {f.default:g})")
-    p.add_argument("--precision", choices=PRECISIONS, help="default: bf16-mixed where the device has native bf16, "
-                   "else 16-mixed on a GPU and 32-true on a CPU (see docs/training.md: Precision)")
+    p.add_argument("--precision", help=f"{', '.join(PRECISIONS)}; default: bf16-mixed where the device has native "
+                   "bf16, else 16-mixed on a GPU and 32-true on a CPU (see docs/training.md: Precision)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (first steps are slower)")
     p.add_argument("--accelerator", default="auto", choices=ACCELERATORS)
-    p.add_argument("--devices", default="auto", help="'auto', a count, or a comma list of GPU ids")
-    p.add_argument("--strategy", default="auto", help="'auto', 'ddp', ... (Fabric strategies)")
+    p.add_argument("--devices", default="auto", help="'auto' (every GPU, else 1 CPU process), a count, or a comma "
+                   "list of GPU ids")
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES, help="'auto' (DDP on several devices) or 'ddp'")
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out: from checkpoints/last.ckpt, or from its start if it has none")
@@ -125,7 +132,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.num_nodes < 1:
         raise UsageError(f"--num-nodes must be at least 1, got {args.num_nodes}")
+    # `fabric run` reads --precision and --strategy itself (wherever they stand) and hands them over in LT_*.
+    args.precision = canonical_precision(args.precision or os.environ.get("LT_PRECISION"))
+    if args.strategy == "auto" and os.environ.get("LT_STRATEGY", "auto") not in STRATEGIES:
+        raise UsageError(f"strategy {os.environ['LT_STRATEGY']!r} is not supported: use one of {', '.join(STRATEGIES)}"
+                         " (sharded strategies such as FSDP or DeepSpeed would split the weights and the optimizer)")
+    new_recipe(args)  # a bad recipe value is refused before any process starts
     return args
+
+
+def canonical_precision(value: str | None) -> str | None:
+    """Fabric's name for a precision (aliases such as 'bf16' or '16' resolved), refused unless the trainer supports
+    it: the -true precisions other than 32-true would hand float32 images to a bf16/fp16/fp64 network at the end."""
+    from lightning.fabric.connector import _convert_precision_to_unified_args
+
+    if value is None:
+        return None
+    try:
+        name = _convert_precision_to_unified_args(value)
+    except ValueError:
+        name = value
+    if name not in PRECISIONS:
+        raise UsageError(f"--precision {value} is not supported: use one of {', '.join(PRECISIONS)}")
+    return name
 
 
 def recipe_flags(args) -> dict:
@@ -134,33 +163,59 @@ def recipe_flags(args) -> dict:
     return {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}
 
 
-def start_or_resume(args):
-    """The run's recipe and, when --resume finds one, its saved config. A run folder is never a dead end: a resumed
-    run keeps its own recipe (its found peak LR included) and precision, from its checkpoint if it has one, else
-    from its start; a folder that a killed run left without a config (killed during the LR range test) starts over.
-    A flag that contradicts the resumed run is refused."""
+def new_recipe(args):
     from s10.module import Recipe
 
-    out = args.out
-    if args.resume and (out / "config.json").is_file():
-        saved = json.loads((out / "config.json").read_text())
-        recipe = Recipe(**saved["recipe"])
-        for name, value in recipe_flags(args).items():
-            if value != getattr(recipe, name):
-                raise UsageError(f"--resume: the run in {out} has --{name.replace('_', '-')} "
-                                 f"{getattr(recipe, name)}, not {value}")
-        if args.precision not in (None, saved["args"]["precision"]):
-            raise UsageError(f"--resume: the run in {out} has --precision {saved['args']['precision']}, "
-                             f"not {args.precision}")
-        args.precision = saved["args"]["precision"]
-        return recipe, saved
-    if not args.resume and ((out / "config.json").exists() or (out / "checkpoints" / "last.ckpt").exists()):
-        raise UsageError(f"--out {out} already holds a run; pass --resume to continue it, or another --out")
     try:
-        return Recipe(**recipe_flags(args)), None
+        return Recipe(**recipe_flags(args))
     except ValueError as err:  # "batch_size must be ..." -> "--batch-size must be ..."
         name, rest = str(err).split(" ", 1)
         raise UsageError(f"--{name.replace('_', '-')} {rest}") from None
+
+
+def read_start(args) -> dict:
+    """Global rank 0, from its disk: the saved config of the run to resume (or None) and whether it has a
+    checkpoint. A folder that a killed run left without a config (killed during the LR range test) starts over."""
+    config, ckpt = args.out / "config.json", args.out / "checkpoints" / "last.ckpt"
+    if args.resume and config.is_file():
+        try:
+            return {"saved": json.loads(config.read_text()), "checkpoint": ckpt.is_file()}
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--resume: {config} cannot be read ({err})") from None
+    if not args.resume and (config.exists() or ckpt.exists()):
+        raise UsageError(f"--out {args.out} already holds a run; pass --resume to continue it, or another --out")
+    return {"saved": None, "checkpoint": False}
+
+
+def start_or_resume(fabric, args) -> tuple[Any, dict | None, bool]:
+    """Collective: (recipe, saved config, has a checkpoint), the same on every rank. Rank 0 reads the run folder and
+    broadcasts what it found, since nodes without a shared disk have nothing to read. A resumed run keeps its own
+    recipe (its found peak LR included) and precision; a flag that contradicts it is refused, on every rank."""
+    from s10.distributed import first_error
+    from s10.module import Recipe
+
+    start, error = None, None
+    if fabric.is_global_zero:
+        try:
+            start = read_start(args)
+        except UsageError as err:
+            error = str(err)
+    start, error = fabric.broadcast((start, error))
+    recipe = None
+    if error is None:
+        saved = start["saved"]
+        recipe = Recipe(**saved["recipe"]) if saved else new_recipe(args)
+        for name, value in (recipe_flags(args) if saved else {}).items():
+            if value != getattr(recipe, name) and error is None:
+                error = (f"--resume: the run in {args.out} has --{name.replace('_', '-')} {getattr(recipe, name)}, "
+                         f"not {value}")
+        if saved and saved["args"]["precision"] != args.precision and error is None:
+            error = (f"--resume: the run in {args.out} has --precision {saved['args']['precision']}, not "
+                     f"{args.precision}")
+    error = first_error(fabric, error)  # a node that would train in another precision stops every rank
+    if error:
+        raise UsageError(error)
+    return recipe, start["saved"], start["checkpoint"]
 
 
 # -- Fabric ----------------------------------------------------------------------------------------------------------
@@ -179,6 +234,17 @@ def default_precision(device_type: str) -> str:
     return "32-true"
 
 
+def device_type(accelerator: str) -> str:
+    """The device kind Fabric's accelerator choice gives (`fabric run` may set it in LT_ACCELERATOR)."""
+    if accelerator == "auto":
+        accelerator = os.environ.get("LT_ACCELERATOR", "auto")
+    if accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
+        return "mps"
+    return "cpu"
+
+
 def parse_devices(value: str):
     if value == "auto":
         return "auto"
@@ -192,14 +258,22 @@ def parse_devices(value: str):
         raise UsageError(f"--devices must be 'auto', a count or a comma list of ids, got {value!r}") from None
 
 
+def launched_elsewhere() -> bool:
+    """Processes started by `fabric run`, torchrun or SLURM (each node's, each rank's) rather than by this one."""
+    return bool(os.environ.get("LT_CLI_USED") or os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_NTASKS"))
+
+
 def build_fabric(args):
-    """Fabric with the run's callbacks (switched on or off by flags) and loggers; the precision resolved here. A flag
-    Fabric rejects is a usage error; anything else (a CUDA or NCCL failure, no memory) keeps its traceback."""
+    """Fabric with the run's callbacks (switched on or off by flags), loggers and rank-0 checkpoint reads; the
+    precision resolved here (the flag; a resumed run's own, read from this node's copy if it has one; the device's
+    default). A flag Fabric rejects is a usage error; anything else (a CUDA or NCCL failure, no memory) keeps its
+    traceback."""
     from lightning.fabric import Fabric
     from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from s10.callbacks import Checkpoint, ProgressBar
+    from s10.distributed import RankZeroCheckpointIO
 
     callbacks = [ProgressBar()] if args.progress_bar else []
     if args.checkpoint:
@@ -211,43 +285,53 @@ def build_fabric(args):
         loggers.append(TensorBoardLogger(root_dir=args.out, name="tensorboard", version=""))
     except ImportError:
         pass
-    devices = parse_devices(args.devices)
     # Fabric announces the precision on stderr before the flags are all checked; the run's log states it instead.
     for name in ("lightning.fabric", "lightning.pytorch"):  # rank_zero_info logs to one of them
         logging.getLogger(name).setLevel(logging.WARNING)
-
-    def fabric(precision):
-        return Fabric(accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes,
-                      precision=precision, callbacks=callbacks, loggers=loggers)
-
-    # `fabric run` reads --precision itself (wherever it stands) and hands it over in LT_PRECISION.
-    args.precision = args.precision or os.environ.get("LT_PRECISION")
+    if args.precision is None and args.resume:
+        try:
+            args.precision = json.loads((args.out / "config.json").read_text())["args"]["precision"]
+        except (OSError, ValueError, KeyError):
+            pass  # this node has no copy: rank 0's is checked against it in start_or_resume
+    args.precision = args.precision or default_precision(device_type(args.accelerator))
     try:
-        if args.precision is None:  # the device is known once Fabric has chosen it
-            args.precision = default_precision(fabric("32-true").device.type)
-        return fabric(args.precision)
+        fabric = Fabric(accelerator=args.accelerator, devices=parse_devices(args.devices), strategy=args.strategy,
+                        num_nodes=args.num_nodes, precision=args.precision, plugins=[RankZeroCheckpointIO()],
+                        callbacks=callbacks, loggers=loggers)
     except (MisconfigurationException, ValueError, TypeError) as err:  # a flag Fabric does not accept
         raise UsageError(str(err).splitlines()[0]) from None
+    args.precision = fabric.strategy.precision.precision  # what runs: Fabric turns 16-mixed on a CPU into bf16-mixed
+    return fabric
 
 
 # -- data and model --------------------------------------------------------------------------------------------------
 
 
 def load_data(run: Run) -> None:
-    """Each node's local rank 0 loads (downloads, decodes, caches) first and the node's other ranks then read its
-    cache, so nodes without a shared file system each prepare their own copy; every rank takes the same seeded
-    subsets, puts the training split and its shard of the test split on its device. A data error stops every rank
-    with rank 0's message."""
+    """Global rank 0 loads (downloads, decodes, caches) first, so a download into a shared folder happens once; then
+    each node's local rank 0, so nodes with a disk of their own prepare their own copy; then the other ranks, which
+    read their node's cache. A data error on any rank stops every rank with that message. Every rank takes the same
+    seeded subsets and puts the training split and its shard of the test split on its device."""
     from s10.data import DataError, load_dataset, shard
+    from s10.distributed import first_error
 
     fabric, args, recipe = run.fabric, run.args, run.recipe
     data, error = None, None
-    with fabric.rank_zero_first(local=True):
+
+    def load():
+        nonlocal data, error
         try:
             data = load_dataset(args.data)
         except DataError as err:
             error = str(err)
-    error = fabric.broadcast(error)
+
+    with fabric.rank_zero_first(local=False):
+        if fabric.global_rank == 0:
+            load()
+    with fabric.rank_zero_first(local=True):
+        if fabric.global_rank != 0:
+            load()
+    error = first_error(fabric, error)
     if error:
         raise UsageError(error)
     pick = torch.Generator().manual_seed(recipe.seed)
@@ -265,9 +349,10 @@ def load_data(run: Run) -> None:
 
 
 def setup_model(run: Run) -> None:
-    """The LightningModule, channels_last, set up by Fabric. `--compile` compiles the network in place
-    (`nn.Module.compile`), so its parameters keep their plain names in checkpoints and in the released weights,
-    and every path to it (training step, evaluation, LR range test) runs the compiled code."""
+    """The LightningModule, channels_last, set up by Fabric; the normalisation's constants on the device, once.
+    `--compile` compiles the network in place (`nn.Module.compile`), so its parameters keep their plain names in
+    checkpoints and in the released weights, and every path to it (training step, evaluation, LR range test) runs
+    the compiled code."""
     from s10.model import S10Config
     from s10.module import S10Module
 
@@ -278,6 +363,7 @@ def setup_model(run: Run) -> None:
     if run.args.compile:
         run.module.net.compile()
     run.model = run.fabric.setup_module(run.module)
+    run.mean, run.std = (torch.tensor(v, dtype=torch.float32, device=run.fabric.device) for v in (arch.mean, arch.std))
 
 
 def setup_optimizer(run: Run) -> None:
@@ -297,10 +383,10 @@ def find_lr(run: Run) -> float:
     from s10.data import augmented_batches
     from s10.lr_finder import SUGGESTION_RULE, lr_range_test
 
-    fabric, recipe, cfg, t0 = run.fabric, run.recipe, run.net.config, time.perf_counter()
+    fabric, recipe, t0 = run.fabric, run.recipe, time.perf_counter()
     log.info(f"LR range test: up to {recipe.lr_find_steps} steps")
     epochs = (augmented_batches(run.train, recipe.batch_size, fabric.global_rank, fabric.world_size, recipe.seed,
-                                -1 - e, cfg.mean, cfg.std) for e in itertools.count())  # epochs -1, -2, ...
+                                -1 - e, run.mean, run.std) for e in itertools.count())  # epochs -1, -2, ...
     batches = list(itertools.islice(itertools.chain.from_iterable(epochs), recipe.lr_find_steps))
 
     def step_loss(batch):
@@ -327,23 +413,24 @@ def find_lr(run: Run) -> float:
 
 
 def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
-    """One epoch of optimizer steps; (the last step's LR, seconds)."""
+    """One epoch of optimizer steps; (the last step's LR, seconds). Nothing in a step reads a value back from the
+    device, so on a GPU the host queues steps ahead of it (tests/test_devices.py checks it)."""
     from s10.data import augmented_batches
 
-    fabric, recipe, cfg = run.fabric, run.recipe, run.net.config
+    fabric, recipe = run.fabric, run.recipe
     run.model.train()
     fabric.call("on_train_epoch_start", fabric=fabric, epoch=epoch, epochs=recipe.epochs,
                 steps=len(run.train) // recipe.batch_size)
     t0 = time.perf_counter()
     batches = augmented_batches(run.train, recipe.batch_size, fabric.global_rank, fabric.world_size, recipe.seed,
-                                epoch, cfg.mean, cfg.std)
+                                epoch, run.mean, run.std)
     for i, batch in enumerate(batches):
         with fabric.autocast():
             step = run.model.training_step(batch, i)
         run.optimizer.zero_grad(set_to_none=True)
         fabric.backward(step["loss"])
         run.optimizer.step()
-        lr = run.optimizer.param_groups[0]["lr"]  # the LR this step used
+        lr = run.optimizer.param_groups[0]["lr"]  # the LR this step used (a Python float: no device read)
         run.scheduler.step()
         fabric.call("on_train_batch_end", fabric=fabric, outputs=step, batch=batch, batch_idx=i, lr=lr)
     if fabric.device.type == "cuda":
@@ -355,12 +442,12 @@ def validate(run: Run) -> None:
     """This rank's share of the test set through validation_step, under the run's precision."""
     from s10.data import normalize
 
-    fabric, test, cfg, per_rank = run.fabric, run.test, run.net.config, run.recipe.batch_size // run.fabric.world_size
+    fabric, test, per_rank = run.fabric, run.test, run.recipe.batch_size // run.fabric.world_size
     run.model.eval()
     fabric.call("on_validation_epoch_start")
     with torch.no_grad(), fabric.autocast():
         for i in range(0, len(test), per_rank):
-            x = normalize(test.images[i:i + per_rank], cfg.mean, cfg.std).contiguous(memory_format=torch.channels_last)
+            x = normalize(test.images[i:i + per_rank], run.mean, run.std).contiguous(memory_format=torch.channels_last)
             run.model.validation_step((x, test.labels[i:i + per_rank]), i)
 
 
@@ -391,13 +478,14 @@ def fit(run: Run) -> bool:
 
 
 def resume(run: Run) -> None:
-    """Load checkpoints/last.ckpt into the run. The checkpoint carries the per-epoch rows; CSVLogger deletes an
-    existing metrics.csv when it starts, so they are written back at once."""
+    """Load checkpoints/last.ckpt into the run: global rank 0 reads it and broadcasts it (RankZeroCheckpointIO), so
+    nodes without a shared disk resume from the same state. The checkpoint carries the per-epoch rows; CSVLogger
+    deletes an existing metrics.csv when it starts, so they are written back at once."""
     state = run.state()
     rest = run.fabric.load(run.checkpoint, state)
     torch.set_rng_state(state["rng"])
     run.epoch = state["epoch"]
-    run.rows = rest.get("metrics") or state["metrics"] or read_metrics(run.out / "metrics.csv", run.epoch)
+    run.rows = rest.get("metrics") or state["metrics"] or record.read_metrics(run.out / "metrics.csv", run.epoch)
     for row in run.rows:
         run.fabric.log_dict(row, step=row["epoch"])
     if run.rows:
@@ -406,33 +494,20 @@ def resume(run: Run) -> None:
     log.info(f"resumed {run.out} at epoch {run.epoch}/{run.recipe.epochs}")
 
 
-# -- final evaluation and files --------------------------------------------------------------------------------------
-
-
-def gather_uneven(fabric, tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate each rank's tensor (their lengths may differ by one) in rank order, on every rank."""
-    if fabric.world_size == 1:
-        return tensor
-    sizes = fabric.all_gather(torch.tensor(len(tensor), device=tensor.device)).tolist()
-    padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    padded[: len(tensor)] = tensor
-    gathered = fabric.all_gather(padded)
-    return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
-
-
 def finish(run: Run) -> None:
-    """Every rank predicts its share of the test set, rank 0 writes the run's files from all of it. These figures are
-    the published ones, so they are measured as users run the weights: in float32 (`python -m s10.evaluate` and
-    the app get the same), whatever the training precision."""
+    """Every rank predicts its share of the test set, rank 0 writes the run's record from all of it (s10/record.py,
+    on CPU float32 copies). These figures are the published ones, so they are measured as users run the weights:
+    in exact float32 (no TF32; `python -m s10.evaluate` and the app get the same), whatever the training precision."""
+    from s10.distributed import gather_uneven
     from s10.evaluate import predict_logits
 
-    fabric, net, cfg = run.fabric, run.net, run.net.config
+    fabric, net = run.fabric, run.net
     per_rank = run.recipe.batch_size // fabric.world_size
     net.eval()
-    logits = gather_uneven(fabric, predict_logits(net, run.test.images, cfg.mean, cfg.std, per_rank))
-    flipped = gather_uneven(fabric, predict_logits(net, run.test.images, cfg.mean, cfg.std, per_rank, flip=True))
+    logits = gather_uneven(fabric, predict_logits(net, run.test.images, run.mean, run.std, per_rank))
+    flipped = gather_uneven(fabric, predict_logits(net, run.test.images, run.mean, run.std, per_rank, flip=True))
     if fabric.is_global_zero:
-        results = write_results(run, logits, (logits + flipped) / 2)
+        results = record.write_results(run, logits, (logits + flipped) / 2)
         log.info(f"final evaluation of the published weights (float32, {results['test_images']:,} test images): "
                  f"test accuracy {results['test_acc']:.4f}, flip TTA {results['test_acc_tta']:.4f}; wrote {run.out}")
     fabric.barrier()
@@ -446,95 +521,7 @@ def finish(run: Run) -> None:
                              f"{run.out})") from None
 
 
-def write_results(run: Run, logits: torch.Tensor, logits_tta: torch.Tensor) -> dict:
-    """Rank 0: results.json, per_class.csv, the plots, model/ (weights, config with the temperature and the headline
-    results, the misclassified pack) and its model card."""
-    from hub.card import write_model_card
-    from s10 import plots
-    from s10.evaluate import headline, misclassified, save_misclassified, test_results, write_misclassified_grid
-
-    out, data, net = run.out, run.data, run.net
-    results = test_results(logits, logits_tta, data.test, data.classes)
-    results.update(epochs=len(run.rows), peak_lr=run.recipe.max_lr,
-                   train_time_s=round(sum(r["epoch_time_s"] for r in run.rows), 1),
-                   final_train_acc=round(run.rows[-1]["train_acc"], 6))
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    with open(out / "per_class.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class", "test_images", "test_acc"])
-        counts = torch.bincount(data.test.labels, minlength=len(data.classes)).tolist()
-        for c, n in zip(data.classes, counts):
-            writer.writerow([c, n, f"{results['per_class_acc'][c]:.4f}"])
-    plots.curves(run.rows, out / "curves.png", run.module.lr_schedule())
-    plots.confusion_matrix(results["confusion_matrix"], data.classes, out / "confusion_matrix.png")
-    plots.reliability(results["calibration"], out / "reliability.png")
-    pack = misclassified(logits, data.test, temperature=results["temperature"])
-    write_misclassified_grid(pack, data.classes, out / "misclassified.png")
-    net.config.temperature = results["temperature"]
-    net.config.results = headline(results)
-    net.cpu().to(memory_format=torch.contiguous_format).save_pretrained(out / "model")
-    save_misclassified(pack, data.classes, out / "model")
-    write_model_card(out)
-    return results
-
-
-# -- provenance ------------------------------------------------------------------------------------------------------
-
-
-def code_version() -> dict:
-    """The commit the running code came from, read at start-up, and whether the tree had uncommitted changes."""
-    def git(*cmd):
-        try:
-            proc = subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=Path(__file__).parent,
-                                  timeout=10)
-            return proc.stdout.strip() if proc.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None}
-
-
-def run_provenance(data, code: dict) -> dict:
-    import lightning
-    import torchmetrics
-    import torchvision
-
-    cpu = hardware.cpu()
-    return {
-        **code,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "lightning": lightning.__version__,
-                     "torchmetrics": torchmetrics.__version__},
-        "hardware": {"platform": platform.platform(), "cpu": cpu.name, "cpu_threads": torch.get_num_threads(),
-                     "cpu_bf16": sorted(cpu.flags & set(hardware.BF16_FLAGS)), "cpu_avx512": "avx512f" in cpu.flags,
-                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "data": {"source": data.source, "classes": data.classes, "train_images": len(data.train),
-                 "test_images": len(data.test)},
-    }
-
-
-def write_config(run: Run) -> None:
-    """Rank 0: config.json. A resume keeps the run's original flags and provenance and records itself beside them."""
-    if not run.fabric.is_global_zero:
-        return
-    args, recipe, data, world = run.args, run.recipe, run.data, run.fabric.world_size
-    nodes = getattr(run.fabric.strategy, "num_nodes", 1)  # as launched: `fabric run` or SLURM may set it, not a flag
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    if run.saved is None:
-        config = {"args": flags, "recipe": asdict(recipe), "arch": asdict(run.net.config), "world_size": world,
-                  "num_nodes": nodes, "steps_per_epoch": len(data.train) // recipe.batch_size,
-                  **run_provenance(data, run.code)}
-        log.info(f"S10 on {data.source}: {len(data.train)} train / {len(data.test)} test images, "
-                 f"{world} x {run.fabric.device.type} on {nodes} node(s), {args.precision}, batch "
-                 f"{recipe.batch_size}, {recipe.epochs} epochs of {config['steps_per_epoch']} steps, peak LR "
-                 f"{recipe.max_lr:.3e}")
-    else:
-        config = run.saved
-        config["recipe"] = asdict(recipe)
-        config.setdefault("resumes", []).append({"from_epoch": run.epoch, "args": flags, "world_size": world,
-                                                 **run_provenance(data, run.code)})
-    (run.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+# -- main ------------------------------------------------------------------------------------------------------------
 
 
 def setup_logging(out: Path, rank_zero: bool) -> None:
@@ -547,23 +534,8 @@ def setup_logging(out: Path, rank_zero: bool) -> None:
             log.addHandler(handler)
 
 
-def read_metrics(path: Path, last_epoch: int) -> list[dict]:
-    """The rows of an existing metrics.csv up to `last_epoch` (for checkpoints that do not carry them)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        rows = [{k: float(row[k]) for k in METRIC_COLUMNS} for row in csv.DictReader(f)]
-    rows = [r for r in rows if int(r["epoch"]) <= last_epoch]
-    for r in rows:
-        r["epoch"] = int(r["epoch"])
-    return rows
-
-
-# -- main ------------------------------------------------------------------------------------------------------------
-
-
 def main(argv=None) -> int:
-    code = code_version()  # now, before the source can change under a long run
+    code = record.code_version(Path(__file__).parent)  # now, before the source can change under a long run
     args = parse_args(argv)
     from lightning.fabric.utilities.seed import seed_everything
 
@@ -571,16 +543,17 @@ def main(argv=None) -> int:
 
     # CSVLogger warns that the run folder is not empty: it holds the rest of the run, by design.
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-    recipe, saved = start_or_resume(args)
-    try:
-        check_source(args.data)  # before Fabric starts processes or prints anything
-    except DataError as err:
-        raise UsageError(str(err)) from None
+    if not launched_elsewhere():  # before Fabric starts processes; other launchers' ranks all check it together
+        try:
+            check_source(args.data)
+        except DataError as err:
+            raise UsageError(str(err)) from None
     fabric = build_fabric(args)
-    if recipe.batch_size % fabric.world_size:
-        raise UsageError(f"--batch-size {recipe.batch_size} is not divisible by the {fabric.world_size} devices")
     if not os.environ.get("LT_CLI_USED"):  # `fabric run` has started the processes already
         fabric.launch()
+    recipe, saved, has_checkpoint = start_or_resume(fabric, args)
+    if recipe.batch_size % fabric.world_size:
+        raise UsageError(f"--batch-size {recipe.batch_size} is not divisible by the {fabric.world_size} devices")
     if fabric.is_global_zero:
         args.out.mkdir(parents=True, exist_ok=True)
     fabric.barrier()
@@ -598,11 +571,16 @@ def main(argv=None) -> int:
     if args.find_lr and saved is None:  # a resumed run keeps the LR its range test found
         run.recipe.max_lr = find_lr(run)
     setup_optimizer(run)
-    if saved is not None and run.checkpoint.is_file():
+    if has_checkpoint:
         resume(run)
     elif saved is not None:
         log.info(f"--resume: {args.out} has no checkpoint yet; starting its first epoch again with its recipe")
-    write_config(run)
+    if fabric.is_global_zero:
+        config = record.write_config(run)
+        log.info(f"S10 on {run.data.source}: {len(run.data.train)} train / {len(run.data.test)} test images, "
+                 f"{fabric.world_size} x {fabric.device.type} on {config['num_nodes']} node(s), {args.precision}, "
+                 f"batch {recipe.batch_size}, {recipe.epochs} epochs of {config['steps_per_epoch']} steps, peak LR "
+                 f"{recipe.max_lr:.3e}")
     if fit(run):
         finish(run)
     return 0

@@ -26,7 +26,7 @@ T_RANGE = (0.05, 20.0)  # temperatures a fit may return
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The T > 0 that minimises the NLL of softmax(logits / T): L-BFGS on log T (a convex 1-D problem in practice)."""
     logits, labels = logits.detach().double(), labels.detach()
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    log_t = torch.zeros(1, dtype=torch.float64, device=logits.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=1, max_iter=100, tolerance_grad=1e-10, tolerance_change=1e-12,
                                   line_search_fn="strong_wolfe")
 

@@ -10,23 +10,27 @@ import os
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 
 class ProgressBar:
-    """A tqdm bar per epoch on rank 0: loss, accuracy, LR and images/s. The loss and accuracy live on the device;
-    reading them waits for the device to finish (a sync on a GPU), so the bar reads them every `every` steps only."""
+    """A tqdm bar per epoch on rank 0: loss, accuracy, LR and images/s. The loss and accuracy live on the device.
+    Reading them with `.item()` would make the host wait for the device (a sync on a GPU), so every `every` steps
+    the bar queues a non-blocking copy of them and shows the copy at a later report, once the device has made it
+    (a CUDA event says so): the host never waits for the device."""
 
     def __init__(self, every: int = 10):
         self.every = every
         self.bar = None
+        self.pending = None  # (host copy of [loss, acc], its CUDA event or None, lr)
         self.last, self.images = 0.0, 0
 
     def on_train_epoch_start(self, fabric, epoch: int, epochs: int, steps: int):
         if fabric.is_global_zero:
             self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch", dynamic_ncols=True,
                             leave=True)
-            self.last, self.images = time.perf_counter(), 0
+            self.last, self.images, self.pending = time.perf_counter(), 0, None
 
     def on_train_batch_end(self, fabric, outputs: dict, batch, batch_idx: int, lr: float):
         if self.bar is None:
@@ -35,11 +39,19 @@ class ProgressBar:
         self.bar.update(1)
         if (batch_idx + 1) % self.every:
             return
-        loss, acc = outputs["loss"].item(), outputs["acc"].item()  # waits for the queued steps
-        now = time.perf_counter()
-        self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", lr=f"{lr:.2e}",
-                             img_s=f"{self.images / (now - self.last):.0f}", refresh=False)
-        self.last, self.images = now, 0
+        if self.pending is not None and (self.pending[1] is None or self.pending[1].query()):
+            (loss, acc), shown_lr = self.pending[0].tolist(), self.pending[2]
+            now = time.perf_counter()
+            self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", lr=f"{shown_lr:.2e}",
+                                 img_s=f"{self.images / (now - self.last):.0f}", refresh=False)
+            self.last, self.images, self.pending = now, 0, None
+        if self.pending is None:
+            stats = torch.stack([outputs["loss"].detach().float(), outputs["acc"].detach().float()])
+            done = None
+            if stats.is_cuda:
+                done = torch.cuda.Event()
+                done.record()
+            self.pending = (stats.to("cpu", non_blocking=True), done, lr)
 
     def on_train_epoch_end(self, fabric, epoch: int, row: dict, state: dict):
         if self.bar is not None:

@@ -177,7 +177,7 @@ def train_batches(split: Split, batch_size: int, rank: int, world_size: int, gen
     """Yield (uint8 images, labels) for this rank: one shared shuffle cut into global batches of `batch_size`,
     each rank taking its contiguous share. The last incomplete global batch is dropped (a fresh shuffle each epoch)."""
     per_rank = batch_size // world_size
-    order = torch.randperm(len(split), generator=generator, device=generator.device)
+    order = torch.randperm(len(split), generator=generator, device=split.images.device)
     for start in range(0, len(order) - batch_size + 1, batch_size):
         index = order[start + rank * per_rank: start + (rank + 1) * per_rank]
         yield split.images[index], split.labels[index]
@@ -185,7 +185,8 @@ def train_batches(split: Split, batch_size: int, rank: int, world_size: int, gen
 
 def augmented_batches(split: Split, batch_size: int, rank: int, world_size: int, seed: int, epoch: int, mean, std):
     """One epoch of this rank's training batches, augmented on the device: (normalised float images in
-    channels_last, labels). Deterministic for (seed, epoch, rank), so a resumed run sees the same batches."""
+    channels_last, labels). Deterministic for (seed, epoch, rank), so a resumed run sees the same batches. `mean`
+    and `std` as tensors on the device keep the steps free of host-to-device copies (s10.model.normalize)."""
     shuffle, augmentation = epoch_generators(seed, epoch, rank, split.images.device)
     for images, labels in train_batches(split, batch_size, rank, world_size, shuffle):
         yield augment(images, mean, std, augmentation).contiguous(memory_format=torch.channels_last), labels

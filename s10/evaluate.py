@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,16 +29,30 @@ from s10.model import calibrated, normalize
 PACK_SIZE = 100  # misclassified images shipped with the model for the app's gallery
 
 
+@contextmanager
+def exact_float32():
+    """float32 arithmetic as a CPU does it: no TF32 in cuDNN convolutions (PyTorch's default on Ampere and newer
+    GPUs) or in CUDA matmuls, so that published figures measured on a GPU are those of the weights in float32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 500,
                    flip: bool = False) -> torch.Tensor:
-    """float32 logits for uint8 images (N, 3, H, W), or for their mirror images with `flip`. Flip TTA is the mean of
-    the two: two passes in all for the plain and the TTA figure."""
+    """float32 logits for uint8 images (N, 3, H, W), or for their mirror images with `flip`, on the images' device,
+    in exact float32 (`exact_float32`). Flip TTA is the mean of the two: two passes in all for the plain and the TTA
+    figure."""
     out = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start:start + batch_size], mean, std)
-        out.append(model((x.flip(-1) if flip else x).contiguous(memory_format=torch.channels_last)).float())
-    return torch.cat(out) if out else torch.empty(0)
+    with exact_float32():
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start:start + batch_size], mean, std)
+            out.append(model((x.flip(-1) if flip else x).contiguous(memory_format=torch.channels_last)).float())
+    return torch.cat(out) if out else torch.empty(0, device=images.device)
 
 
 def released_logits(model_dir: str | Path, images: torch.Tensor):

@@ -25,9 +25,11 @@ CAM_LAYERS = ["prep", "layer1", "layer1.res", "layer2", "layer3", "layer3.res"]
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     """Images (B, 3, H, W), uint8 in 0..255 or float in [0, 1] -> the normalised float32 input the network expects.
-    The one normalisation of the project: training, evaluation, the app and the predict command all use it."""
-    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    The one normalisation of the project: training, evaluation, the app and the predict command all use it.
+    `mean` and `std`: 3 values, or float32 tensors on the images' device; the trainer passes tensors that it made
+    once, since building them from Python values is a host-to-device copy (a GPU sync) at every call."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     if images.dtype == torch.uint8:  # a fresh float copy, scaled in place: ~10x faster than out of place on a CPU
         return images.float().mul_(1 / (255 * std)).sub_(mean / std)
     return (images.float() - mean) / std

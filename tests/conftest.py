@@ -7,6 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Every test is about the CPU (its default precision, its processes, gloo): on a machine with GPUs, they stay out of
+# sight, in this process and in every process a test starts. `make gpu-check` is the check for a GPU.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT / ".data" / "cifar10"  # `make data` unpacks the offline copy here
 RELEASED = ROOT / "release" / "model"
@@ -56,6 +60,18 @@ def smoke_run(tmp_path_factory) -> Path:
     ok(run_train("--data", data, "--out", run, "--smoke", "--batch-size", 16, "--epochs", 1, "--no-progress-bar",
                  "--no-checkpoint"))
     return run
+
+
+def scaled_plugin(scaler=None):
+    """Fabric's 16-mixed precision plugin with a CPU gradient scaler, as on a GPU without native bf16, but computing
+    in bf16: its fp16 convolutions take about half a minute a step on this CPU. The scaler's path (scale, unscale,
+    skip, update, state) is what runs as on a GPU."""
+    import torch
+    from lightning.fabric.plugins import MixedPrecision
+
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler or torch.amp.GradScaler("cpu"))
+    plugin._desired_input_dtype = torch.bfloat16
+    return plugin
 
 
 def free_port() -> int:

@@ -1,0 +1,126 @@
+"""A training run's record: its provenance and config.json at the start, and at the end everything that is published
+(results.json, per_class.csv, the plots, model/ with the model card). fabric_train.py calls these on global rank 0.
+
+Everything after training runs here, on CPU float32 copies of the gathered test logits (`write_results` makes
+them), whatever device and precision trained the network: the figures are those `python -m s10.evaluate` gets from
+the published weights, and no CPU tensor meets a CUDA one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from s10 import hardware
+
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]
+
+
+def code_version(where: Path) -> dict:
+    """The commit the running code came from, read at start-up, and whether the tree had uncommitted changes."""
+    def git(*cmd):
+        try:
+            proc = subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=where, timeout=10)
+            return proc.stdout.strip() if proc.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None}
+
+
+def provenance(data, code: dict) -> dict:
+    """Library versions, hardware (the GPU and whether its float32 convolutions run as TF32) and data sizes."""
+    import lightning
+    import torchmetrics
+    import torchvision
+
+    cpu = hardware.cpu()
+    gpu = None
+    if torch.cuda.is_available():
+        gpu = {"name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda,
+               "cudnn": torch.backends.cudnn.version(), "tf32_convolutions": torch.backends.cudnn.allow_tf32}
+    return {
+        **code,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "lightning": lightning.__version__,
+                     "torchmetrics": torchmetrics.__version__},
+        "hardware": {"platform": platform.platform(), "cpu": cpu.name, "cpu_threads": torch.get_num_threads(),
+                     "cpu_bf16": sorted(cpu.flags & set(hardware.BF16_FLAGS)), "cpu_avx512": "avx512f" in cpu.flags,
+                     "gpu": gpu},
+        "data": {"source": data.source, "classes": data.classes, "train_images": len(data.train),
+                 "test_images": len(data.test)},
+    }
+
+
+def write_config(run) -> dict:
+    """config.json. A resume keeps the run's original flags and provenance and records itself beside them."""
+    args, recipe, data, world = run.args, run.recipe, run.data, run.fabric.world_size
+    nodes = getattr(run.fabric.strategy, "num_nodes", 1)  # as launched: `fabric run` or SLURM may set it, not a flag
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    if run.saved is None:
+        config = {"args": flags, "recipe": asdict(recipe), "arch": asdict(run.net.config), "world_size": world,
+                  "num_nodes": nodes, "steps_per_epoch": len(data.train) // recipe.batch_size,
+                  **provenance(data, run.code)}
+    else:
+        config = run.saved
+        config["recipe"] = asdict(recipe)
+        config.setdefault("resumes", []).append({"from_epoch": run.epoch, "args": flags, "world_size": world,
+                                                 "num_nodes": nodes, **provenance(data, run.code)})
+    (run.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+def read_metrics(path: Path, last_epoch: int) -> list[dict]:
+    """The rows of an existing metrics.csv up to `last_epoch` (for checkpoints that do not carry them)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: float(row[k]) for k in METRIC_COLUMNS} for row in csv.DictReader(f)]
+    rows = [r for r in rows if int(r["epoch"]) <= last_epoch]
+    for r in rows:
+        r["epoch"] = int(r["epoch"])
+    return rows
+
+
+def write_results(run, logits: torch.Tensor, logits_tta: torch.Tensor) -> dict:
+    """results.json, per_class.csv, the plots, model/ (weights, config with the temperature and the headline
+    results, the misclassified pack) and its model card, from the whole test split's logits (any device, any
+    dtype: they are copied to the CPU in float32 first, and the network is saved from a CPU float32 copy)."""
+    from hub.card import write_model_card
+    from s10 import plots
+    from s10.evaluate import headline, misclassified, save_misclassified, test_results, write_misclassified_grid
+
+    logits, logits_tta = logits.detach().float().cpu(), logits_tta.detach().float().cpu()
+    out, data = run.out, run.data
+    results = test_results(logits, logits_tta, data.test, data.classes)
+    results.update(epochs=len(run.rows), peak_lr=run.recipe.max_lr,
+                   train_time_s=round(sum(r["epoch_time_s"] for r in run.rows), 1),
+                   final_train_acc=round(run.rows[-1]["train_acc"], 6))
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    with open(out / "per_class.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "test_images", "test_acc"])
+        counts = torch.bincount(data.test.labels, minlength=len(data.classes)).tolist()
+        for c, n in zip(data.classes, counts):
+            writer.writerow([c, n, f"{results['per_class_acc'][c]:.4f}"])
+    plots.curves(run.rows, out / "curves.png", run.module.lr_schedule())
+    plots.confusion_matrix(results["confusion_matrix"], data.classes, out / "confusion_matrix.png")
+    plots.reliability(results["calibration"], out / "reliability.png")
+    pack = misclassified(logits, data.test, temperature=results["temperature"])
+    write_misclassified_grid(pack, data.classes, out / "misclassified.png")
+    net = type(run.net)(run.net.config)  # a CPU float32 copy: the trained one stays where it is
+    net.load_state_dict({k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+                         for k, v in run.net.state_dict().items()})
+    net.config.temperature = results["temperature"]
+    net.config.results = headline(results)
+    net.save_pretrained(out / "model")
+    save_misclassified(pack, data.classes, out / "model")
+    write_model_card(out)
+    return results
