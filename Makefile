@@ -7,7 +7,7 @@ DATA := .data/cifar10
 RUN ?= runs/s10
 RELEASE := release
 
-.PHONY: help install test test-fast data train resume demo bench report release-record release-recalibrate screenshots publish publish-dry-run clean browser
+.PHONY: gpu-check slurm-test help install test test-fast data train resume demo bench report release-record release-recalibrate screenshots publish publish-dry-run clean browser
 
 help:
 	@echo "make install | test | test-fast | data | train | resume | demo | bench | report | screenshots | release-record RUN=... | release-recalibrate | publish-dry-run | publish"
@@ -39,10 +39,10 @@ data:
 	fi
 
 test: install browser data
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm"
 
 test-fast: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not browser"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm and not slow and not browser"
 
 train: install data
 	$(PY) fabric_train.py --data $(DATA) --out $(RUN) --find-lr
@@ -80,6 +80,17 @@ bench: install data
 	$(PY) bench/app_latency.py --json bench/results/app_latency.json
 	$(PY) bench/app_load.py --json bench/results/app_load.json
 	$(PY) bench/render.py
+
+# docs/slurm/train-cpu.sbatch submitted to a one-host SLURM cluster (munge, slurmctld, slurmd on loopback; needs root):
+# 1 node x 2 tasks, and a requeued job that continues. Installs Debian's slurm-wlm and munge first.
+slurm-test: install
+	@command -v slurmd >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null)
+	conf=$$(tests/slurm/cluster.sh | sed -n 's/^SLURM_CONF=//p') && \
+		SLURM_CONF=$$conf HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slurm tests/test_slurm.py
+
+# The one prepared check for a CUDA machine (bench/gpu_check.py says what it checks): exit 1 on any failure.
+gpu-check: install data
+	$(PY) bench/gpu_check.py --data $(DATA) --json build/gpu-check.json
 
 # The README's and the Space's pictures: the real app with the released model, in Chromium.
 screenshots: install browser

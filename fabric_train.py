@@ -33,16 +33,13 @@ from typing import Any
 import torch
 
 from s10 import hardware, record
+from s10.record import UsageError, new_recipe, start_or_resume
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # the final evaluation and the saved weights need float32 weights
 STRATEGIES = ("auto", "ddp")  # FSDP/DeepSpeed shard the weights and the optimizer: the loop assumes whole copies
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 SMOKE_TRAIN_BATCHES = 3  # --smoke: global batches of training data per epoch
 log = logging.getLogger("s10")
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit code 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -157,92 +154,7 @@ def canonical_precision(value: str | None) -> str | None:
     return name
 
 
-def recipe_flags(args) -> dict:
-    from s10.module import Recipe
-
-    return {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}
-
-
-def new_recipe(args):
-    from s10.module import Recipe
-
-    try:
-        return Recipe(**recipe_flags(args))
-    except ValueError as err:  # "batch_size must be ..." -> "--batch-size must be ..."
-        name, rest = str(err).split(" ", 1)
-        raise UsageError(f"--{name.replace('_', '-')} {rest}") from None
-
-
-def read_start(args) -> dict:
-    """Global rank 0, from its disk: the saved config of the run to resume (or None) and whether it has a
-    checkpoint. A folder that a killed run left without a config (killed during the LR range test) starts over."""
-    config, ckpt = args.out / "config.json", args.out / "checkpoints" / "last.ckpt"
-    if args.resume and config.is_file():
-        try:
-            return {"saved": json.loads(config.read_text()), "checkpoint": ckpt.is_file()}
-        except (OSError, ValueError) as err:
-            raise UsageError(f"--resume: {config} cannot be read ({err})") from None
-    if not args.resume and (config.exists() or ckpt.exists()):
-        raise UsageError(f"--out {args.out} already holds a run; pass --resume to continue it, or another --out")
-    return {"saved": None, "checkpoint": False}
-
-
-def start_or_resume(fabric, args) -> tuple[Any, dict | None, bool]:
-    """Collective: (recipe, saved config, has a checkpoint), the same on every rank. Rank 0 reads the run folder and
-    broadcasts what it found, since nodes without a shared disk have nothing to read. A resumed run keeps its own
-    recipe (its found peak LR included) and precision; a flag that contradicts it is refused, on every rank."""
-    from s10.distributed import first_error
-    from s10.module import Recipe
-
-    start, error = None, None
-    if fabric.is_global_zero:
-        try:
-            start = read_start(args)
-        except UsageError as err:
-            error = str(err)
-    start, error = fabric.broadcast((start, error))
-    recipe = None
-    if error is None:
-        saved = start["saved"]
-        recipe = Recipe(**saved["recipe"]) if saved else new_recipe(args)
-        for name, value in (recipe_flags(args) if saved else {}).items():
-            if value != getattr(recipe, name) and error is None:
-                error = (f"--resume: the run in {args.out} has --{name.replace('_', '-')} {getattr(recipe, name)}, "
-                         f"not {value}")
-        if saved and saved["args"]["precision"] != args.precision and error is None:
-            error = (f"--resume: the run in {args.out} has --precision {saved['args']['precision']}, not "
-                     f"{args.precision}")
-    error = first_error(fabric, error)  # a node that would train in another precision stops every rank
-    if error:
-        raise UsageError(error)
-    return recipe, start["saved"], start["checkpoint"]
-
-
 # -- Fabric ----------------------------------------------------------------------------------------------------------
-
-
-def default_precision(device_type: str) -> str:
-    """bf16-mixed where the device computes in bf16 natively, else 16-mixed on a GPU and 32-true on a CPU.
-
-    GPU: `is_bf16_supported(including_emulation=False)` (Ampere and newer); a T4 or V100 only emulates bf16 and gets
-    16-mixed. CPU: native bf16 means AVX512-BF16 or AMX; there bf16 autocast runs an S10 step about twice as fast as
-    float32 (docs/speed.md), while on a CPU without it, it runs many times slower."""
-    if device_type == "cuda":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
-    if device_type == "cpu":
-        return "bf16-mixed" if hardware.cpu().native_bf16 else "32-true"
-    return "32-true"
-
-
-def device_type(accelerator: str) -> str:
-    """The device kind Fabric's accelerator choice gives (`fabric run` may set it in LT_ACCELERATOR)."""
-    if accelerator == "auto":
-        accelerator = os.environ.get("LT_ACCELERATOR", "auto")
-    if accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
-        return "mps"
-    return "cpu"
 
 
 def parse_devices(value: str):
@@ -256,11 +168,6 @@ def parse_devices(value: str):
         return [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"--devices must be 'auto', a count or a comma list of ids, got {value!r}") from None
-
-
-def launched_elsewhere() -> bool:
-    """Processes started by `fabric run`, torchrun or SLURM (each node's, each rank's) rather than by this one."""
-    return bool(os.environ.get("LT_CLI_USED") or os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_NTASKS"))
 
 
 def build_fabric(args):
@@ -293,7 +200,7 @@ def build_fabric(args):
             args.precision = json.loads((args.out / "config.json").read_text())["args"]["precision"]
         except (OSError, ValueError, KeyError):
             pass  # this node has no copy: rank 0's is checked against it in start_or_resume
-    args.precision = args.precision or default_precision(device_type(args.accelerator))
+    args.precision = args.precision or hardware.default_precision(hardware.device_type(args.accelerator))
     try:
         fabric = Fabric(accelerator=args.accelerator, devices=parse_devices(args.devices), strategy=args.strategy,
                         num_nodes=args.num_nodes, precision=args.precision, plugins=[RankZeroCheckpointIO()],
@@ -425,17 +332,24 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
     batches = augmented_batches(run.train, recipe.batch_size, fabric.global_rank, fabric.world_size, recipe.seed,
                                 epoch, run.mean, run.std)
     for i, batch in enumerate(batches):
-        with fabric.autocast():
-            step = run.model.training_step(batch, i)
-        run.optimizer.zero_grad(set_to_none=True)
-        fabric.backward(step["loss"])
-        run.optimizer.step()
-        lr = run.optimizer.param_groups[0]["lr"]  # the LR this step used (a Python float: no device read)
-        run.scheduler.step()
+        step, lr = train_step(run, batch, i)
         fabric.call("on_train_batch_end", fabric=fabric, outputs=step, batch=batch, batch_idx=i, lr=lr)
     if fabric.device.type == "cuda":
         torch.cuda.synchronize()
     return lr, time.perf_counter() - t0
+
+
+def train_step(run: Run, batch, i: int) -> tuple[dict, float]:
+    """One optimizer step: training_step under the precision's autocast, backward, Adam, One Cycle; (its outputs,
+    the LR it used, a Python float: no device read)."""
+    with run.fabric.autocast():
+        step = run.model.training_step(batch, i)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.fabric.backward(step["loss"])
+    run.optimizer.step()
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    return step, lr
 
 
 def validate(run: Run) -> None:
@@ -534,6 +448,11 @@ def setup_logging(out: Path, rank_zero: bool) -> None:
             log.addHandler(handler)
 
 
+def check_batch_size(batch_size: int | None, world_size: int) -> None:
+    if batch_size is not None and batch_size % world_size:
+        raise UsageError(f"--batch-size {batch_size} is not divisible by the {world_size} devices")
+
+
 def main(argv=None) -> int:
     code = record.code_version(Path(__file__).parent)  # now, before the source can change under a long run
     args = parse_args(argv)
@@ -543,17 +462,17 @@ def main(argv=None) -> int:
 
     # CSVLogger warns that the run folder is not empty: it holds the rest of the run, by design.
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-    if not launched_elsewhere():  # before Fabric starts processes; other launchers' ranks all check it together
+    if not hardware.launched_elsewhere():  # before Fabric starts processes; other launchers' ranks all check it together
         try:
             check_source(args.data)
         except DataError as err:
             raise UsageError(str(err)) from None
     fabric = build_fabric(args)
+    check_batch_size(new_recipe(args).batch_size if not args.resume else args.batch_size, fabric.world_size)
     if not os.environ.get("LT_CLI_USED"):  # `fabric run` has started the processes already
         fabric.launch()
     recipe, saved, has_checkpoint = start_or_resume(fabric, args)
-    if recipe.batch_size % fabric.world_size:
-        raise UsageError(f"--batch-size {recipe.batch_size} is not divisible by the {fabric.world_size} devices")
+    check_batch_size(recipe.batch_size, fabric.world_size)  # a resumed run's own
     if fabric.is_global_zero:
         args.out.mkdir(parents=True, exist_ok=True)
     fabric.barrier()

@@ -25,14 +25,23 @@ blocks after the first and the last, max-pooling and a linear head. Test accurac
 
 ## Usage
 
-```python
-from s10.model import S10Net  # pip install git+{{ github_url }}
-model = S10Net.from_pretrained("{{ repo_id }}")  # safetensors, eval mode, CPU
-probs = model.probabilities(model.normalize(images))  # images: uint8 (B, 3, 32, 32); calibrated
+```bash
+pip install "s10 @ git+{{ github_url }}"  # torch, huggingface_hub, safetensors, pillow, numpy: no training stack
 ```
 
+```python
+from s10.inference import classify
+from s10.model import S10Net
+
+model = S10Net.from_pretrained("{{ repo_id }}")  # safetensors, eval mode, CPU
+print(classify(model, "cat.jpg", k=3))  # the 3 most likely classes, with calibrated probabilities
+```
+
+`classify` takes any picture file (or PIL image) and prepares it as the network was trained: upright, on white where
+transparent, centre-cropped to a square, shrunk to 32x32, normalised with the config's mean and std.
 `config.json` carries the class names, normalisation mean and std, input size, the layer names a CAM can use, the
-temperature that calibrates the probabilities, and these results. Try it in the Space: {{ space_url }}.
+temperature that calibrates the probabilities, and these results. From the GitHub repository, `torch.hub.load(
+"{{ github_repo }}", "s10_cifar10")` returns the same model. Try it in the Space: {{ space_url }}.
 
 ## Training
 
@@ -67,18 +76,50 @@ The most confident mistakes (all 100 are in `misclassified.safetensors` + `miscl
 - It only knows the 10 CIFAR-10 classes and will confidently pick one of them for anything else.
 - Trained and measured on CIFAR-10's low-resolution photos, which differ from today's phone pictures.
 
+## References
+
+- Network and recipe: D. Page, [How to train your ResNet](https://myrtle.ai/learn/how-to-train-your-resnet/) (2018);
+  One Cycle and super-convergence: L. N. Smith and N. Topin, [arXiv:1708.07120](https://arxiv.org/abs/1708.07120);
+  the LR range test: L. N. Smith, [arXiv:1506.01186](https://arxiv.org/abs/1506.01186); Cutout: T. DeVries and
+  G. W. Taylor, [arXiv:1708.04552](https://arxiv.org/abs/1708.04552); label smoothing: C. Szegedy et al.,
+  [arXiv:1512.00567](https://arxiv.org/abs/1512.00567).
+- Calibration: C. Guo et al., On Calibration of Modern Neural Networks,
+  [arXiv:1706.04599](https://arxiv.org/abs/1706.04599).
+- Class activation maps in the Space: Grad-CAM, R. R. Selvaraju et al.,
+  [arXiv:1610.02391](https://arxiv.org/abs/1610.02391); Grad-CAM++, A. Chattopadhyay et al.,
+  [arXiv:1710.11063](https://arxiv.org/abs/1710.11063); XGrad-CAM, R. Fu et al.,
+  [arXiv:2008.02312](https://arxiv.org/abs/2008.02312); computed with
+  [torchcam](https://github.com/frgfm/torch-cam).
+
+## Citation
+
+```bibtex
+{{ citation }}
+```
+
 ## Links
 
 - Training code: {{ github_url }}
 - Demo Space: {{ space_url }}
 """
 
+DATASET_ID, DATASET_CONFIG = "uoft-cs/cifar10", "plain_text"  # the Hub's CIFAR-10 (formerly "cifar10")
+
+
+def citation(settings: project.Settings) -> str:
+    """BibTeX for the project (its GitHub URL from project.json)."""
+    return "\n".join(["@software{s10_cifar10_resnet,",
+                      "  title   = {{S10}: a {CIFAR-10} {ResNet} from training to a public demo},",
+                      "  author  = {{s10 contributors}},", f"  url     = {{{settings.github_url}}},",
+                      "  license = {MIT},", "  year    = {2026}", "}"])
+
 
 def eval_results(results: dict) -> list[EvalResult]:
     """One model-index result, CIFAR-10's test split, with two metrics: the plain accuracy and the flip-TTA one (the
     Hub groups EvalResults that share task, dataset and split into one result)."""
-    common = dict(task_type="image-classification", task_name="Image Classification", dataset_type="cifar10",
-                  dataset_name="CIFAR-10", dataset_split="test", metric_type="accuracy")
+    common = dict(task_type="image-classification", task_name="Image Classification", dataset_type=DATASET_ID,
+                  dataset_name="CIFAR-10", dataset_config=DATASET_CONFIG, dataset_split="test",
+                  metric_type="accuracy")
     return [EvalResult(metric_name="Test accuracy", metric_value=results["test_acc"], **common),
             EvalResult(metric_name="Test accuracy (flip TTA)", metric_value=results["test_acc_tta"], **common)]
 
@@ -91,7 +132,8 @@ def build_card(run: Path, repo_id: str | None = None, settings: project.Settings
     results = json.loads((run / "results.json").read_text())
     name = repo_id.split("/")[-1]
     data = ModelCardData(
-        license="mit", library_name="pytorch", pipeline_tag="image-classification", datasets=["cifar10"],
+        # library_name and the mixin tags as PyTorchModelHubMixin writes them for S10Net (s10/model.py)
+        license="mit", library_name="s10", pipeline_tag="image-classification", datasets=[DATASET_ID],
         metrics=["accuracy"], model_name=name, eval_results=eval_results(results),
         tags=["image-classification", "cifar10", "resnet", "gradcam", "pytorch_model_hub_mixin", "model_hub_mixin"],
     )
@@ -102,6 +144,7 @@ def build_card(run: Path, repo_id: str | None = None, settings: project.Settings
         classes=", ".join(config["data"]["classes"]), headline=headline, repo_id=repo_id,
         test_images=f"{results['test_images']:,}",
         github_url=settings.github_url, space_url=settings.space_url,
+        github_repo="/".join(settings.github_url.rstrip("/").split("/")[-2:]), citation=citation(settings),
         recipe="\n".join(recipe_lines(config, results)), table="\n".join(results_table(results)),
         per_class=", ".join(f"{c} {pct(a)}" for c, a in results["per_class_acc"].items()),
         calibration="\n".join(calibration_lines(results, "reliability.png" if (run / "reliability.png").is_file()

@@ -17,8 +17,10 @@ from pathlib import Path
 
 from hub import settings as project
 
+from hub.card import PLOTS
+
 REQUIRED = ["model.safetensors", "config.json", "misclassified.safetensors", "misclassified.json"]
-OPTIONAL = ["curves.png", "confusion_matrix.png", "misclassified.png", "lr_finder.png"]
+OPTIONAL = PLOTS  # the card shows each plot the run has: the same list, so every picture it links is uploaded
 
 
 class PushError(Exception):

@@ -52,7 +52,17 @@ def requirements() -> str:
     return "\n".join(lines) + "\n"
 
 
-def bundle(out: Path, space_id: str, model_id: str, settings: project.Settings) -> list[str]:
+def model_commit(model_id: str) -> str:
+    """The model repo's current commit, which the bundled Space then loads (online; one line if it fails)."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().model_info(model_id).sha
+    except Exception as err:  # offline, 404, 401: one line
+        raise PushError(f"cannot read the commit of {model_id} ({type(err).__name__}); pass --model-revision") from None
+
+
+def bundle(out: Path, space_id: str, model_id: str, settings: project.Settings, revision: str = "main") -> list[str]:
     if not (RELEASED / "model.safetensors").is_file():
         raise PushError(f"{RELEASED} has no released model to ship as the fallback")
     out.mkdir(parents=True, exist_ok=True)
@@ -66,8 +76,8 @@ def bundle(out: Path, space_id: str, model_id: str, settings: project.Settings) 
     for name in RELEASED_FILES:
         shutil.copyfile(RELEASED / name, out / "release" / "model" / name)
     (out / "requirements.txt").write_text(requirements())
-    resolved = {"hf_user": settings.hf_user, "model_repo": model_id, "space_repo": space_id,
-                "github_url": settings.github_url}
+    resolved = {"hf_user": settings.hf_user, "model_repo": model_id, "model_revision": revision,
+                "space_repo": space_id, "github_url": settings.github_url}
     import json
 
     (out / "project.json").write_text(json.dumps(resolved, indent=2) + "\n")
@@ -79,7 +89,8 @@ def bundle(out: Path, space_id: str, model_id: str, settings: project.Settings) 
     card.data.models = [model_id]
     card.data.license = "mit"
     card.text = card.text.replace("the GitHub repository linked on the app's page", settings.github_url) \
-        .replace("see `models:` above", f"https://huggingface.co/{model_id}")
+        .replace("see `models:` above", f"https://huggingface.co/{model_id}") \
+        .replace('Client("s10-project/s10-gradcam")', f'Client("{space_id}")')
     card.save(out / "README.md")
     return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
 
@@ -89,16 +100,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hub.space", description=__doc__.splitlines()[0])
     parser.add_argument("--space-id", default=settings.space_repo, help="USER/NAME of the Space")
     parser.add_argument("--model-id", default=settings.model_repo, help="the model repo the app downloads")
+    parser.add_argument("--model-revision", help="the model repo commit the Space loads (default: its current "
+                        "commit, read from the Hub; a dry run without it pins 'main')")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--dry-run", type=Path, metavar="OUT_DIR", help="write the bundle instead of uploading")
     args = parser.parse_args(argv)
     try:
         if args.dry_run:
-            files = bundle(args.dry_run, args.space_id, args.model_id, settings)
+            files = bundle(args.dry_run, args.space_id, args.model_id, settings, args.model_revision or "main")
             print(f"dry run: {len(files)} files for Space {args.space_id} in {args.dry_run}")
         else:
+            revision = args.model_revision or model_commit(args.model_id)
             with tempfile.TemporaryDirectory() as tmp:
-                bundle(Path(tmp) / "space", args.space_id, args.model_id, settings)
+                bundle(Path(tmp) / "space", args.space_id, args.model_id, settings, revision)
                 print(upload(Path(tmp) / "space", args.space_id, args.private, repo_type="space",
                              message=f"Deploy the S10 app ({args.model_id})"))
     except PushError as err:

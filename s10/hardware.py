@@ -1,5 +1,6 @@
 """What machine this is: the CPU's name, vendor, family, nominal clock and flags (from /proc/cpuinfo), read in one
-place for the trainer's defaults and provenance and for the benchmarks' headers."""
+place for the trainer's defaults and provenance and for the benchmarks' headers; the device and default precision
+a run gets, and whether another launcher started its processes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 arithmetic on a CPU
 SHOWN_FLAGS = ("avx2", "avx512f", *BF16_FLAGS)  # the flags that decide precision and speed here
@@ -51,3 +54,32 @@ def cpu() -> Cpu:
         pass
     values.setdefault("name", platform.processor() or platform.machine() or "unknown")
     return Cpu(**values)
+
+
+def default_precision(device_type: str) -> str:
+    """bf16-mixed where the device computes in bf16 natively, else 16-mixed on a GPU and 32-true on a CPU.
+
+    GPU: `is_bf16_supported(including_emulation=False)` (Ampere and newer); a T4 or V100 only emulates bf16 and gets
+    16-mixed. CPU: native bf16 means AVX512-BF16 or AMX; there bf16 autocast runs an S10 step about twice as fast as
+    float32 (docs/speed.md), while on a CPU without it, it runs many times slower."""
+    if device_type == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+    if device_type == "cpu":
+        return "bf16-mixed" if cpu().native_bf16 else "32-true"
+    return "32-true"
+
+
+def device_type(accelerator: str) -> str:
+    """The device kind Fabric's accelerator choice gives (`fabric run` may set it in LT_ACCELERATOR)."""
+    if accelerator == "auto":
+        accelerator = os.environ.get("LT_ACCELERATOR", "auto")
+    if accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
+        return "mps"
+    return "cpu"
+
+
+def launched_elsewhere() -> bool:
+    """Processes started by `fabric run`, torchrun or SLURM (each node's, each rank's) rather than by this one."""
+    return bool(os.environ.get("LT_CLI_USED") or os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_NTASKS"))

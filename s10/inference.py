@@ -128,6 +128,15 @@ def top_k(probs: torch.Tensor, class_names: list[str], k: int) -> list[tuple[str
     return [(class_names[i], float(p)) for p, i in zip(values.tolist(), index.tolist())]
 
 
+@torch.no_grad()
+def classify(model: torch.nn.Module, source, k: int = 5) -> list[tuple[str, float]]:
+    """A picture (file path, bytes or PIL image) -> its k most likely classes with calibrated probabilities, prepared
+    as the network was trained (load_image, then to_input with the model's config)."""
+    cfg = model.config
+    x = to_input(load_image(source, cfg.input_size), cfg.mean, cfg.std, cfg.input_size)
+    return top_k(probabilities(model, x)[0], cfg.class_names, k)
+
+
 def load_misclassified(folder: str | Path) -> tuple[torch.Tensor, list[dict]]:
     """The model folder's misclassified pack: uint8 images (N, 3, 32, 32) and their labels (no unpickling)."""
     from safetensors.torch import load_file

@@ -1,5 +1,6 @@
-"""A training run's record: its provenance and config.json at the start, and at the end everything that is published
-(results.json, per_class.csv, the plots, model/ with the model card). fabric_train.py calls these on global rank 0.
+"""A training run's record: how a run folder starts (fresh, or resumed from what global rank 0 finds in it), its
+provenance and config.json, and at the end everything that is published (results.json, per_class.csv, the plots,
+model/ with the model card). fabric_train.py calls the writers on global rank 0.
 
 Everything after training runs here, on CPU float32 copies of the gathered test logits (`write_results` makes
 them), whatever device and precision trained the network: the figures are those `python -m s10.evaluate` gets from
@@ -12,14 +13,81 @@ import csv
 import json
 import platform
 import subprocess
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from s10 import hardware
 
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]
+
+
+def recipe_flags(args) -> dict:
+    from s10.module import Recipe
+
+    return {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}
+
+
+def new_recipe(args):
+    from s10.module import Recipe
+
+    try:
+        return Recipe(**recipe_flags(args))
+    except ValueError as err:  # "batch_size must be ..." -> "--batch-size must be ..."
+        name, rest = str(err).split(" ", 1)
+        raise UsageError(f"--{name.replace('_', '-')} {rest}") from None
+
+
+def read_start(args) -> dict:
+    """Global rank 0, from its disk: the saved config of the run to resume (or None) and whether it has a
+    checkpoint. A folder that a killed run left without a config (killed during the LR range test) starts over."""
+    config, ckpt = args.out / "config.json", args.out / "checkpoints" / "last.ckpt"
+    if args.resume and config.is_file():
+        try:
+            return {"saved": json.loads(config.read_text()), "checkpoint": ckpt.is_file()}
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--resume: {config} cannot be read ({err})") from None
+    if not args.resume and (config.exists() or ckpt.exists()):
+        raise UsageError(f"--out {args.out} already holds a run; pass --resume to continue it, or another --out")
+    return {"saved": None, "checkpoint": False}
+
+
+def start_or_resume(fabric, args) -> tuple[Any, dict | None, bool]:
+    """Collective: (recipe, saved config, has a checkpoint), the same on every rank. Rank 0 reads the run folder and
+    broadcasts what it found, since nodes without a shared disk have nothing to read. A resumed run keeps its own
+    recipe (its found peak LR included) and precision; a flag that contradicts it is refused, on every rank."""
+    from s10.distributed import first_error
+    from s10.module import Recipe
+
+    start, error = None, None
+    if fabric.is_global_zero:
+        try:
+            start = read_start(args)
+        except UsageError as err:
+            error = str(err)
+    start, error = fabric.broadcast((start, error))
+    recipe = None
+    if error is None:
+        saved = start["saved"]
+        recipe = Recipe(**saved["recipe"]) if saved else new_recipe(args)
+        for name, value in (recipe_flags(args) if saved else {}).items():
+            if value != getattr(recipe, name) and error is None:
+                error = (f"--resume: the run in {args.out} has --{name.replace('_', '-')} {getattr(recipe, name)}, "
+                         f"not {value}")
+        if saved and saved["args"]["precision"] != args.precision and error is None:
+            error = (f"--resume: the run in {args.out} has --precision {saved['args']['precision']}, not "
+                     f"{args.precision}")
+    error = first_error(fabric, error)  # a node that would train in another precision stops every rank
+    if error:
+        raise UsageError(error)
+    return recipe, start["saved"], start["checkpoint"]
 
 
 def code_version(where: Path) -> dict:

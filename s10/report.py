@@ -96,11 +96,14 @@ def calibration_lines(results: dict, image: str | None = None) -> list[str]:
               for r in cal["risk_coverage"]]
     low = results.get("low_confidence")
     if low:
+        def right(share):  # None when no test image falls on that side of the threshold
+            return f"the model is right {pct(share)} of the time" if share is not None else "no test image lies"
+
         lines += ["", f"The app's low-confidence hint appears below a calibrated top probability of "
                   f"{low['threshold']:.4f}, the 5th percentile over the correctly classified test images. Below it "
-                  f"({pct(low['share_below'])} of the test images) the model is right {pct(low['accuracy_below'])} "
-                  f"of the time, at or above it {pct(low['accuracy_above'])}; it flags the same test images as the "
-                  f"same rule on the plain softmax for {pct(low['same_flags_as_uncalibrated'])} of them."]
+                  f"({pct(low['share_below'])} of the test images) {right(low['accuracy_below'])}, at or above it "
+                  f"{right(low['accuracy_above'])}; it flags the same test images as the same rule on the plain "
+                  f"softmax for {pct(low['same_flags_as_uncalibrated'])} of them."]
     return lines + [""]
 
 

@@ -86,6 +86,10 @@ TOP_CLASSES = "top classes"  # the CAM target that means "the top n classes", be
 CONCURRENCY = int(os.environ.get("S10_CONCURRENCY", "4"))  # requests of one kind run at once; more wait
 QUEUE_SIZE = 64  # requests waiting at most; a visitor beyond it is told the queue is full
 HUB_PROBE_TIMEOUT_S = 3.0
+MAX_UPLOAD = "30mb"  # refused by the server before it is stored (a 40-megapixel JPEG is about 20 MB)
+# Client-side rendering, on purpose: SSR needs Node 24+ beside Python, and Spaces would otherwise follow
+# GRADIO_SSR_MODE; the tests and the browser test run the page this way.
+SSR_MODE = False
 
 
 class StartupError(RuntimeError):
@@ -116,8 +120,12 @@ def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
 
 
 def resolve_model(requested: str | None = None, released: Path = RELEASED) -> tuple[S10Net, Path | None, str]:
-    """Load the model once: (model, local folder with its misclassified pack if any, where it came from)."""
-    requested = requested or os.environ.get("S10_MODEL") or project_settings().get("model_repo")
+    """Load the model once: (model, local folder with its misclassified pack if any, where it came from). The Space
+    bundle pins the model repo's revision (project.json's model_revision, the commit it was bundled against), so a
+    new model commit reaches a running Space only when the Space is bundled again; S10_MODEL takes a repo's main."""
+    settings = project_settings()
+    revision = None if (requested or os.environ.get("S10_MODEL")) else settings.get("model_revision")
+    requested = requested or os.environ.get("S10_MODEL") or settings.get("model_repo")
     folder = Path(requested).expanduser() if requested else None
     if requested and requested.startswith(("/", ".", "~")) and not folder.is_dir():
         log.warning("model folder %s does not exist; falling back to %s", folder, released)
@@ -128,9 +136,10 @@ def resolve_model(requested: str | None = None, released: Path = RELEASED) -> tu
         if offline:
             log.warning("the Hub cannot be reached (%s); trying the local HF cache for %s", offline, requested)
         try:
-            model = S10Net.from_pretrained(requested, local_files_only=bool(offline))
-            source = f"{requested} (the HF cache's copy: {offline})" if offline else f"{requested} (the Hub)"
-            return model, _snapshot(requested, local_only=bool(offline)), source
+            model = S10Net.from_pretrained(requested, revision=revision, local_files_only=bool(offline))
+            at = f"@{revision[:12]}" if revision else ""
+            source = f"{requested}{at} (the HF cache's copy: {offline})" if offline else f"{requested}{at} (the Hub)"
+            return model, _snapshot(requested, revision, local_only=bool(offline)), source
         except Exception as err:  # unreachable Hub, missing repo, bad weights: fall back, say so
             log.warning("could not load model %r (%s: %s); falling back to %s", requested, type(err).__name__,
                         str(err).splitlines()[0] if str(err) else "", released)
@@ -143,12 +152,12 @@ def resolve_model(requested: str | None = None, released: Path = RELEASED) -> tu
         raise StartupError(f"no loadable model: {tried}{released} does not load: {err}") from None
 
 
-def _snapshot(repo_id: str, local_only: bool = False) -> Path | None:
+def _snapshot(repo_id: str, revision: str | None = None, local_only: bool = False) -> Path | None:
     """The local folder of a downloaded repo, for the misclassified pack (None if it is not there)."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["misclassified.*", "config.json"],
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=["misclassified.*", "config.json"],
                                       local_files_only=local_only))
     except Exception:
         return None
@@ -247,7 +256,7 @@ def hint(top_probability: float) -> str:
         return ""
     note = f"**The top probability, {top_probability:.2f}, is below {LOW_CONFIDENCE:.2f}**, the level that 95 % of " \
            "the test images the model classifies correctly reach"
-    if LOW_CONFIDENCE_SPLIT.get("accuracy_below") is not None:
+    if None not in (LOW_CONFIDENCE_SPLIT.get("accuracy_below"), LOW_CONFIDENCE_SPLIT.get("accuracy_above")):
         note += (f". On the {RESULTS.get('test_images', 0):,} test images the model is right "
                  f"{100 * LOW_CONFIDENCE_SPLIT['accuracy_below']:.0f} % of the time below it "
                  f"({100 * LOW_CONFIDENCE_SPLIT['share_below']:.0f} % of them) and "
@@ -440,13 +449,13 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps", delet
         return explain(image, *controls) if image else (None, [], None, "")
 
     run.click(explain, inputs, outputs, api_name="explain", concurrency_limit=CONCURRENCY)
-    image.change(refresh, inputs, outputs, api_name=False, concurrency_limit=CONCURRENCY)
+    image.change(refresh, inputs, outputs, api_visibility="private", concurrency_limit=CONCURRENCY)
     for slider in (k, n_cams, opacity):
-        slider.release(refresh, inputs, outputs, api_name=False, concurrency_limit=CONCURRENCY)
+        slider.release(refresh, inputs, outputs, api_visibility="private", concurrency_limit=CONCURRENCY)
     for dropdown in (layer, method, target):
-        dropdown.change(refresh, inputs, outputs, api_name=False, concurrency_limit=CONCURRENCY)
-    show_cam.change(lambda on: [gr.update(visible=on)] * 2, show_cam, [cam_controls, cam_gallery], api_name=False) \
-        .then(refresh, inputs, outputs, api_name=False, concurrency_limit=CONCURRENCY)
+        dropdown.change(refresh, inputs, outputs, api_visibility="private", concurrency_limit=CONCURRENCY)
+    show_cam.change(lambda on: [gr.update(visible=on)] * 2, show_cam, [cam_controls, cam_gallery], api_visibility="private") \
+        .then(refresh, inputs, outputs, api_visibility="private", concurrency_limit=CONCURRENCY)
     gr.Button("Top-k only", visible=False).click(predict, [image, k], label, api_name="predict")
 
     mis_inputs = [mis_count, mis_cam, layer, opacity, method]
@@ -454,14 +463,15 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps", delet
     def refresh_mistakes(on, *controls):
         return misclassified(*controls) if on else []
 
-    show_mis.change(lambda on: [gr.update(visible=on)] * 2, show_mis, [mis_controls, mis_gallery], api_name=False) \
-        .then(refresh_mistakes, [show_mis, *mis_inputs], mis_gallery, api_name=False)
+    show_mis.change(lambda on: [gr.update(visible=on)] * 2, show_mis, [mis_controls, mis_gallery], api_visibility="private") \
+        .then(refresh_mistakes, [show_mis, *mis_inputs], mis_gallery, api_visibility="private")
     for control in (mis_count.release, mis_cam.change, layer.change, opacity.release, method.change):
-        control(refresh_mistakes, [show_mis, *mis_inputs], mis_gallery, api_name=False)
+        control(refresh_mistakes, [show_mis, *mis_inputs], mis_gallery, api_visibility="private")
     gr.Button("Gallery", visible=False).click(misclassified, mis_inputs, mis_gallery, api_name="misclassified")
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     log.info("model: %s", MODEL_SOURCE)
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE).launch()
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE).launch(max_file_size=MAX_UPLOAD,
+                                                                               ssr_mode=SSR_MODE)

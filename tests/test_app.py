@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -478,3 +479,30 @@ def test_predict_command(smoke_run, tmp_path):
     line = proc.stdout.strip().splitlines()
     assert len(line) == 1 and line[0].startswith(str(EXAMPLES[0])) and line[0].count(",") == 3
     assert "not an image" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_space_readme_python_snippet_runs_against_the_server(server, tmp_path, capsys):
+    """The "Use it from Python" snippet of space/README.md, as written, with this server for the Space and an example
+    for cat.jpg."""
+    import re
+
+    text = (ROOT / "space" / "README.md").read_text()
+    section = text.split("## Use it from Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 'Client("s10-project/s10-gradcam")' in code and '"cat.jpg"' in code
+    code = code.replace('Client("s10-project/s10-gradcam")', f'Client("{server.url}", verbose=False)') \
+        .replace('"cat.jpg"', repr(str(EXAMPLES[3])))
+    exec(compile(code, "space/README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    names = __import__("json").loads((ROOT / "release" / "model" / "config.json").read_text())["class_names"]
+    assert printed.split(" ", 1)[0] in names and printed.count("(") == 3, printed
+
+
+def test_an_upload_over_the_size_limit_is_refused_with_a_message(server, tmp_path):
+    from gradio_client import handle_file
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\0" * (31 * 1024 * 1024))
+    with pytest.raises(Exception) as err:
+        server.client().predict(handle_file(str(big)), 3, api_name="/predict")
+    assert re.search(r"exceed|too large|maximum|size", str(err.value), re.I), str(err.value)

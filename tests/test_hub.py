@@ -17,7 +17,42 @@ from s10.model import S10Net
 from tests.conftest import ROOT, App
 
 MODEL_FILES = {"model.safetensors", "config.json", "README.md", "curves.png", "confusion_matrix.png",
-               "misclassified.png", "misclassified.json", "misclassified.safetensors"}
+               "misclassified.png", "misclassified.json", "misclassified.safetensors", "reliability.png"}
+RELEASE = ROOT / "release"
+
+
+def relative_links(markdown: str) -> set[str]:
+    """The targets of the Markdown links and images, and of HTML src/href attributes, that are not URLs or anchors:
+    the files the rendered page fetches from its own repo."""
+    targets = re.findall(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", markdown)
+    targets += re.findall(r"""(?:src|href)=["']([^"']+)["']""", markdown)
+    return {t.split("#")[0] for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:|#|/", t, re.I) and t.split("#")[0]}
+
+
+@pytest.mark.parametrize("which", ["release", "fresh run"])
+def test_every_file_the_model_card_links_is_uploaded(smoke_run, tmp_path, which):
+    """The links come from the rendered card itself, not from a list: each relative link or image names a file in
+    the folder that the push would upload."""
+    run = RELEASE if which == "release" else smoke_run
+    out = tmp_path / "repo"
+    proc = subprocess.run([sys.executable, "-m", "hub.push", str(run), "--dry-run", str(out)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    links = relative_links((out / "README.md").read_text())
+    assert "reliability.png" in links and "curves.png" in links
+    missing = sorted(name for name in links if not (out / name).is_file())
+    assert not missing, f"the card links {missing}, which the push leaves out"
+
+
+def test_every_file_the_space_readme_links_is_in_the_bundle(tmp_path):
+    out = tmp_path / "space"
+    proc = subprocess.run([sys.executable, "-m", "hub.space", "--dry-run", str(out)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    links = relative_links((out / "README.md").read_text())
+    assert links, "the Space README shows no picture"
+    missing = sorted(name for name in links if not (out / name).is_file())
+    assert not missing, f"the Space README links {missing}, which the bundle leaves out"
 
 
 def test_round_trip_is_identical_and_eval_mode(smoke_run, tmp_path):
@@ -80,18 +115,19 @@ def test_dry_run_push_holds_exactly_the_repo_files(smoke_run, tmp_path):
     assert {p.name for p in out.iterdir()} == MODEL_FILES
     card = ModelCard.load(out / "README.md")
     assert card.data.license == "mit" and card.data.pipeline_tag == "image-classification"
-    assert card.data.datasets == ["cifar10"] and "accuracy" in card.data.metrics
+    assert card.data.datasets == ["uoft-cs/cifar10"] and "accuracy" in card.data.metrics
     results = json.loads((smoke_run / "results.json").read_text())
     name, evals = model_index_to_eval_results(card.data.to_dict()["model-index"])
     assert name == "s10-test"
     # One result (CIFAR-10, test split) with two metrics: plain and flip-TTA accuracy.
-    assert {(e.dataset_type, e.dataset_split) for e in evals} == {("cifar10", "test")}
+    assert {(e.dataset_type, e.dataset_config, e.dataset_split) for e in evals} == {
+        ("uoft-cs/cifar10", "plain_text", "test")}
     figures = {e.metric_name: e.metric_value for e in evals}
     assert figures == {"Test accuracy": results["test_acc"], "Test accuracy (flip TTA)": results["test_acc_tta"]}
     assert len(card.data.to_dict()["model-index"][0]["results"]) == 1
     assert 'S10Net.from_pretrained("someone/s10-test")' in card.text
     assert f"{100 * results['test_acc']:.2f} %" in card.text
-    assert not re.search(r"TODO|\{\{|\[More Information Needed\]|your[-_ ]?(user|name)", card.text, re.I)
+    assert not re.search(r"TODO|\{\{ *\w+ *\}\}|\[More Information Needed\]|your[-_ ]?(user|name)", card.text, re.I)
     loaded = S10Net.from_pretrained(out)
     assert loaded.config.results["test_acc"] == results["test_acc"]
 
@@ -140,8 +176,11 @@ def space_bundle(smoke_run, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setattr(hub.space, "RELEASED", smoke_run / "model")
     out = tmp_path_factory.mktemp("space") / "bundle"
     assert hub.space.main(["--space-id", "someone/s10-space", "--model-id", "someone/s10-model",
-                           "--dry-run", str(out)]) == 0
+                           "--model-revision", PINNED, "--dry-run", str(out)]) == 0
     return out
+
+
+PINNED = "89abcdef0123456789abcdef0123456789abcdef"  # the model commit a bundle is made against
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +203,9 @@ def test_space_bundle_holds_no_training_code(space_bundle):
     assert "lightning" not in requirements and "torchmetrics" not in requirements
     assert "download.pytorch.org/whl/cpu" in requirements and re.search(r"^torch==[\d.]+\+cpu$", requirements, re.M)
     readme = (space_bundle / "README.md").read_text()
-    assert "fabric_train" not in readme and "```" not in readme
+    assert "fabric_train" not in readme
+    for block in re.findall(r"```\w*\n(.*?)```", readme, re.S):  # only the gradio_client snippet: no training
+        assert not re.search(r"lightning|fabric|optim|backward|train", block), block
 
 
 def test_space_readme_front_matter(space_bundle):
@@ -179,7 +220,29 @@ def test_space_readme_front_matter(space_bundle):
     for key in ("title", "emoji", "colorFrom", "colorTo", "python_version", "short_description"):
         assert data.to_dict().get(key), key
     assert len(data.short_description) <= 60
-    assert json.loads((space_bundle / "project.json").read_text())["model_repo"] == "someone/s10-model"
+    assert data.datasets == ["uoft-cs/cifar10"] and data.suggested_hardware == "cpu-basic"
+    assert {"image-classification", "cifar10", "grad-cam"} <= set(data.tags)
+    project = json.loads((space_bundle / "project.json").read_text())
+    assert project["model_repo"] == "someone/s10-model" and project["model_revision"] == PINNED
+    assert 'Client("someone/s10-space")' in card.text  # the snippet names the Space it is bundled for
+
+
+def test_the_bundled_space_loads_the_pinned_model_revision(space_bundle, smoke_run, tmp_path):
+    """The model repo has moved on (its main is another commit): the bundled app still loads the commit it was
+    bundled against, from the HF cache with the Hub offline, and says which."""
+    repo = tmp_path / "hf" / "hub" / "models--someone--s10-model"
+    config = json.loads((smoke_run / "model" / "config.json").read_text())
+    for commit, temperature in ((PINNED, 0.5), ("f" * 40, 2.0)):
+        shutil.copytree(smoke_run / "model", repo / "snapshots" / commit)
+        (repo / "snapshots" / commit / "config.json").write_text(json.dumps({**config, "temperature": temperature}))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("f" * 40)
+    code = "import app; print('SOURCE', app.MODEL_SOURCE); print('T', app.CONFIG.temperature)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=space_bundle, capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+                                            "PYTHONPATH": str(space_bundle), "GRADIO_TEMP_DIR": str(tmp_path / "g")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"SOURCE someone/s10-model@{PINNED[:12]} (the HF cache's copy" in proc.stdout and "T 0.5" in proc.stdout
 
 
 def test_bundled_app_answers_without_lightning(space_bundle, tmp_path):
@@ -200,3 +263,68 @@ def test_bundled_app_answers_without_lightning(space_bundle, tmp_path):
         assert "someone/s10-model" in app.output and "falling back" in app.output
     finally:
         app.stop()
+
+
+@pytest.mark.parametrize("where", ["HF cache", "release folder"])
+def test_torch_hub_load_returns_the_released_model(tmp_path, where):
+    """`torch.hub.load(repo, "s10_cifar10", source="local")` with the Hub offline: the model repo's copy in the HF
+    cache (the layout hf_hub_download leaves) when there is one, else the repository's release/model."""
+    from hub.settings import load as project_settings
+    from tests.test_app_service import prefill_hf_cache
+
+    hf_home = tmp_path / "hf"
+    config = json.loads((RELEASE / "model" / "config.json").read_text())
+    if where == "HF cache":  # the cached copy is told apart by its temperature
+        prefill_hf_cache(hf_home, project_settings().model_repo, RELEASE / "model")
+        cached = next(hf_home.glob("hub/models--*/snapshots/*/config.json"))
+        config["temperature"] = 0.5
+        cached.write_text(json.dumps(config))
+    code = ("import sys, torch; m = torch.hub.load(sys.argv[1], 's10_cifar10', source='local'); "
+            "print(m.training, m.config.temperature, sum(p.numel() for p in m.parameters()))")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False", str(config["temperature"]), "6573130"]
+
+
+def test_card_metadata_reads_back_as_the_hub_reads_it(tmp_path):
+    """The release's card through huggingface_hub's own readers: the Hub's dataset id and config, the library name
+    the PyTorchModelHubMixin gives S10Net, its tags, arXiv links (the Hub turns them into paper tags), a citation."""
+    from huggingface_hub import metadata_load
+
+    card_path = RELEASE / "model" / "README.md"
+    meta = metadata_load(card_path)
+    assert meta["datasets"] == ["uoft-cs/cifar10"] and meta["library_name"] == "s10"
+    assert {"pytorch_model_hub_mixin", "model_hub_mixin"} <= set(meta["tags"])
+    mixin_card = S10Net()._hub_mixin_info  # what the mixin would write on its own
+    assert mixin_card.model_card_data.library_name == meta["library_name"]
+    result = meta["model-index"][0]["results"][0]["dataset"]
+    assert (result["type"], result["config"], result["split"]) == ("uoft-cs/cifar10", "plain_text", "test")
+    text = ModelCard.load(card_path).text
+    for paper in ("1708.04552", "1708.07120", "1512.00567", "1706.04599", "1610.02391", "1710.11063"):
+        assert f"https://arxiv.org/abs/{paper}" in text, paper
+    assert "@software{" in text and "```bibtex" in text
+
+
+def test_the_model_card_snippet_runs_as_written(tmp_path):
+    """The card's Python snippet, as written, in a fresh directory holding a cat.jpg, with the Hub offline and the
+    model repo in the HF cache (the layout hf_hub_download leaves): it prints calibrated top-3 labels."""
+    from tests.test_app_service import prefill_hf_cache
+
+    text = (RELEASE / "model" / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    repo_id = re.search(r'from_pretrained\("([^"]+)"\)', code).group(1)
+    hf_home, work = tmp_path / "hf", tmp_path / "work"
+    prefill_hf_cache(hf_home, repo_id, RELEASE / "model")
+    work.mkdir()
+    from PIL import Image
+
+    Image.open(sorted((ROOT / "space" / "examples").glob("*cat*.png"))[0]).convert("RGB").resize((256, 256)).save(
+        work / "cat.jpg")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    top = eval(proc.stdout.strip())  # a printed list of (label, probability)
+    names = json.loads((RELEASE / "model" / "config.json").read_text())["class_names"]
+    assert len(top) == 3 and all(label in names for label, _ in top) and top[0][0] == "cat"
+    assert 0 < sum(p for _, p in top) <= 1 + 1e-6 and top[0][1] >= top[1][1] >= top[2][1]

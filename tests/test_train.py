@@ -129,7 +129,7 @@ def test_default_precision_follows_native_support(monkeypatch, device, cuda_nati
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
     monkeypatch.setattr(fabric_train.hardware, "cpu", lambda: fabric_train.hardware.Cpu(flags=frozenset(cpu_flags)))
-    assert fabric_train.default_precision(device) == expected
+    assert fabric_train.hardware.default_precision(device) == expected
     if device == "cuda":
         assert asked == {"including_emulation": False}
 
@@ -348,15 +348,15 @@ def test_lr_range_test_leaves_the_gradient_scaler_as_it_found_it(tiny_data, tmp_
     import fabric_train
     import s10.lr_finder
     from lightning.fabric import Fabric
-    from lightning.fabric.plugins import MixedPrecision
+
+    from tests.conftest import scaled_plugin
 
     scaler = torch.amp.GradScaler("cpu", growth_factor=3.0, growth_interval=1)  # x3 or x0.5 each step: it moves
-    fabric = Fabric(accelerator="cpu", devices=1, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    fabric = Fabric(accelerator="cpu", devices=1, plugins=[scaled_plugin(scaler)])
     args = fabric_train.parse_args(["--data", str(tiny_data), "--out", str(tmp_path / "run"), "--smoke",
                                     "--batch-size", "16", "--lr-find-steps", "4"])
     args.out.mkdir()
-    recipe, _ = fabric_train.start_or_resume(args)
-    run = fabric_train.Run(fabric, args, recipe, code={})
+    run = fabric_train.Run(fabric, args, fabric_train.new_recipe(args), code={})
     fabric_train.load_data(run)
     fabric_train.setup_model(run)
     before = scaler.state_dict()
@@ -396,30 +396,62 @@ def test_a_failure_that_is_not_a_flag_keeps_its_traceback(tiny_data, tmp_path, m
 SAME_ARITHMETIC = {"OMP_NUM_THREADS": "1"}  # Fabric gives each process cores / local processes threads otherwise
 
 
-def run_nodes(tiny_data, tmp_path, out, devices: int, *flags) -> list:
-    """`fabric run` on 2 nodes of `devices` CPU processes each, on 127.0.0.1, each node with its own copy of the
-    data folder (as nodes without a shared file system have): [(node's data copy, finished process)]."""
+def node_copies(tiny_data, tmp_path) -> list[Path]:
+    """Each node's own copy of the data folder, as nodes without a shared file system have (made once per test)."""
+    copies = [tmp_path / f"data-node{node}" for node in (0, 1)]
+    for data in copies:
+        if not data.exists():
+            shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns(".s10-cache"))
+    return copies
+
+
+def start_nodes(tiny_data, tmp_path, out, devices: int, *flags, own_out=False) -> list:
+    """`fabric run` on 2 nodes of `devices` CPU processes each, on 127.0.0.1, each node with its own data copy and,
+    with `own_out`, its own run folder (`out`/node0, `out`/node1): [(node's data copy, its run folder, process)]."""
+    import os
     import subprocess
 
     from tests.conftest import free_port
 
     port, procs = free_port(), []
-    for node in (0, 1):
-        data = tmp_path / f"data-node{node}"
-        shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns(".s10-cache"))
+    for node, data in enumerate(node_copies(tiny_data, tmp_path)):
+        node_out = out / f"node{node}" if own_out else out
         cmd = [str(Path(sys.executable).parent / "fabric"), "run", "--accelerator", "cpu", "--devices", str(devices),
                "--num-nodes", "2", "--node-rank", str(node), "--main-address", "127.0.0.1", "--main-port", str(port),
-               str(ROOT / "fabric_train.py"), "--data", str(data), "--out", str(out), *map(str, SMOKE),
+               str(ROOT / "fabric_train.py"), "--data", str(data), "--out", str(node_out), *map(str, SMOKE),
                *map(str, flags)]
-        env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **SAME_ARITHMETIC}
-        procs.append((data, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                             text=True)))
-    finished = []
-    for data, proc in procs:
-        stdout, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, f"exit {proc.returncode}\n{stdout[-3000:]}\n{stderr[-5000:]}"
-        finished.append((data, proc))
-    return finished
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **SAME_ARITHMETIC}
+        procs.append((data, node_out, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                                       stderr=subprocess.PIPE, text=True)))
+    return procs
+
+
+def wait_nodes(procs, timeout: float = 300) -> list:
+    """[(returncode, stdout, stderr)] of each node; a node still running after `timeout` (a hang) fails the test."""
+    import subprocess
+    import time
+
+    deadline, results = time.time() + timeout, []
+    try:
+        for _, _, proc in procs:
+            stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.time()))
+            results.append((proc.returncode, stdout, stderr))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the nodes were still running after {timeout} s (a hang)")
+    finally:
+        for _, _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def run_nodes(tiny_data, tmp_path, out, devices: int, *flags, own_out=False) -> list:
+    """start_nodes, each node expected to succeed: [(node's data copy, its run folder)]."""
+    procs = start_nodes(tiny_data, tmp_path, out, devices, *flags, own_out=own_out)
+    for (code, stdout, stderr) in wait_nodes(procs):
+        assert code == 0, f"exit {code}\n{stdout[-3000:]}\n{stderr[-5000:]}"
+    return [(data, node_out) for data, node_out, _ in procs]
 
 
 def test_two_nodes_on_loopback_equal_one_node_with_two_processes(tiny_data, tmp_path):
@@ -447,3 +479,111 @@ def test_two_nodes_of_two_processes_smoke(tiny_data, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["world_size"] == 4 and config["num_nodes"] == 2
     assert float(metrics(run)[-1]["test_acc"]) == pytest.approx(recount(run, tiny_data), abs=1e-6)
+
+
+def test_two_nodes_with_disks_of_their_own_resume_to_the_uninterrupted_end(tiny_data, tmp_path):
+    """2 nodes x 1 process, each node with its own --out and data copy (no shared file system): stopped after epoch 1
+    and resumed, the run ends with the weights of the uninterrupted 2-node run. Node 1 has no config.json and no
+    checkpoint of its own: rank 0 reads them and broadcasts them (with --find-lr, a node 1 that started afresh would
+    run the LR range test while node 0 resumes)."""
+    flags = ("--precision", "32-true", "--find-lr", "--lr-find-steps", 5)
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    run_nodes(tiny_data, tmp_path, full, 1, *flags, own_out=True)
+    run_nodes(tiny_data, tmp_path, parts, 1, *flags, "--stop-after-epoch", 1, own_out=True)
+    assert [int(r["epoch"]) for r in metrics(parts / "node0")] == [1]
+    assert not (parts / "node1" / "config.json").exists() and not (parts / "node1" / "checkpoints").exists()
+    run_nodes(tiny_data, tmp_path, parts, 1, *flags, "--resume", own_out=True)
+    assert [int(r["epoch"]) for r in metrics(parts / "node0")] == [1, 2]
+    assert "resumed" in (parts / "node0" / "train.log").read_text()
+    a = load_file(full / "node0" / "model" / "model.safetensors")
+    b = load_file(parts / "node0" / "model" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+
+
+def test_a_corrupt_data_copy_on_node_1_stops_every_rank_with_one_line(tiny_data, tmp_path):
+    """Node 1's copy has an unreadable image: every rank of both nodes prints the same one-line error naming node 1,
+    exits with code 2 (torchrun, under `fabric run`, reports it and exits non-zero itself), and nothing hangs."""
+    node_copies(tiny_data, tmp_path)
+    broken = sorted((tmp_path / "data-node1" / "train" / "cat").iterdir())[0]
+    broken.write_bytes(b"not a PNG")
+    results = wait_nodes(start_nodes(tiny_data, tmp_path, tmp_path / "run", 1, own_out=True), timeout=180)
+    for node, (code, _, stderr) in enumerate(results):
+        lines = [line for line in stderr.splitlines() if line.startswith("fabric_train.py: error:")]
+        assert code != 0 and len(lines) == 1, (node, stderr[-3000:])
+        assert "node 1, rank 1: " in lines[0] and str(broken.name) in lines[0] and "not a readable image" in lines[0]
+        assert "exitcode  : 2" in stderr, stderr[-3000:]
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_the_losses_weight_every_image_alike(tiny_data, tmp_path, devices):
+    """metrics.csv's test_loss is the mean cross-entropy over the test images, recounted from the saved weights'
+    logits: 21 images in batches of 16 (1 process), or shards of 10 and 11 in batches of 8 (2 processes), so the
+    last batch is short and a mean of batch means would differ."""
+    import torch.nn.functional as F
+
+    run = tmp_path / "run"
+    ok(run_train("--accelerator", "cpu", "--devices", devices, "--data", tiny_data, "--out", run, *SMOKE,
+                 "--epochs", 1, "--precision", "32-true", "--no-checkpoint"))
+    model = S10Net.from_pretrained(run / "model")
+    test = load_dataset(str(tiny_data)).test
+    logits = predict_logits(model, test.images, model.config.mean, model.config.std)
+    assert float(metrics(run)[-1]["test_loss"]) == pytest.approx(F.cross_entropy(logits, test.labels).item(),
+                                                                 abs=1e-5)
+
+
+def test_a_16_mixed_run_resumes_with_its_gradient_scaler(tiny_data, tmp_path, monkeypatch):
+    """Under 16-mixed the gradient scaler's state is in the checkpoint: a run stopped after epoch 1 and resumed ends
+    with the scale and the weights of the run that was never stopped. The scaler's scale doubles every step (or
+    halves and skips the step on an overflow), so a resume that restarted it would skip other steps. In process, with
+    Fabric's 16-mixed plugin and a CPU scaler (tests.conftest.scaled_plugin)."""
+    import fabric_train
+    import lightning.fabric
+
+    from tests.conftest import scaled_plugin
+
+    real = lightning.fabric.Fabric
+
+    def fabric_with_scaler(*args, precision=None, plugins=(), **kwargs):
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14, growth_factor=2.0, growth_interval=1)
+        return real(*args, plugins=[*plugins, scaled_plugin(scaler)], **kwargs)
+
+    monkeypatch.setattr(lightning.fabric, "Fabric", fabric_with_scaler)
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    common = ["--data", str(tiny_data), *map(str, SMOKE), "--epochs", "3", "--precision", "16-mixed"]
+    assert fabric_train.cli([*common, "--out", str(full)]) == 0
+    assert fabric_train.cli([*common, "--out", str(parts), "--stop-after-epoch", "1"]) == 0
+    assert fabric_train.cli([*common, "--out", str(parts), "--resume"]) == 0
+    a, b = (torch.load(run / "checkpoints" / "last.ckpt", weights_only=False) for run in (full, parts))
+    assert a["scaler"]["scale"] != 2.0**14 and a["scaler"] == b["scaler"]
+    assert json.loads((parts / "config.json").read_text())["args"]["precision"] == "16-mixed"
+    wa, wb = load_file(full / "model" / "model.safetensors"), load_file(parts / "model" / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=0, msg=k)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"LT_PRECISION": "bf16-true"}, "--precision bf16-true is not supported"),
+    ({"LT_PRECISION": "16-true"}, "--precision 16-true is not supported"),
+    ({"LT_PRECISION": "64-true"}, "--precision 64-true is not supported"),
+    ({"LT_STRATEGY": "fsdp"}, "strategy 'fsdp' is not supported"),
+    ({"LT_STRATEGY": "deepspeed"}, "strategy 'deepspeed' is not supported"),
+])
+def test_what_fabric_run_hands_over_is_checked(tiny_data, tmp_path, capfd, monkeypatch, env, message):
+    """`fabric run --precision X` / `--strategy Y` reach the script as LT_PRECISION / LT_STRATEGY: a precision or a
+    strategy the trainer does not support is a one-line usage error before any training."""
+    import fabric_train
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    code = fabric_train.cli(["--data", str(tiny_data), "--out", str(tmp_path / "run"), "--smoke"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_precision_alias_is_recorded_by_its_name(tiny_data, tmp_path):
+    """`--precision bf16` (Fabric's alias, which `fabric run` accepts) trains in bf16-mixed and says so."""
+    run = tmp_path / "run"
+    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--epochs", 1, "--no-checkpoint", "--precision", "bf16"))
+    assert json.loads((run / "config.json").read_text())["args"]["precision"] == "bf16-mixed"
