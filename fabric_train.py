@@ -62,6 +62,7 @@ class Run:
     mean: Any = None  # the normalisation's mean and std as float32 tensors on the device, made once
     std: Any = None
     module: Any = None  # s10.module.S10Module, the LightningModule; its network is module.net
+    ema: Any = None  # s10.module.WeightAverage of the network with --ema-decay, else None
     model: Any = None  # the module as fabric.setup returned it (precision, DDP)
     optimizer: Any = None
     scheduler: Any = None
@@ -77,6 +78,11 @@ class Run:
         return self.module.net
 
     @property
+    def published(self):
+        """The network whose weights are evaluated at the end and published: the moving average, if there is one."""
+        return self.ema.net if self.ema is not None else self.module.net
+
+    @property
     def checkpoint(self) -> Path:
         return self.out / "checkpoints" / "last.ckpt"
 
@@ -88,6 +94,8 @@ class Run:
         scaler = getattr(self.fabric.strategy.precision, "scaler", None)
         if scaler is not None:
             state["scaler"] = scaler
+        if self.ema is not None:
+            state["ema"] = self.ema
         return state
 
 
@@ -105,9 +113,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     lr = p.add_mutually_exclusive_group()
     lr.add_argument("--find-lr", action="store_true", help="take the peak LR from an LR range test first")
     for f in fields(Recipe):
-        group = lr if f.name == "max_lr" else p
-        group.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
-                           help=f"{f.metadata['help']} (default {f.default:g})")
+        group, flag = (lr if f.name == "max_lr" else p), "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{f.metadata['help']} (default {'on' if f.default else 'off'})")
+        else:
+            shown = f"{f.default:g}" if isinstance(f.default, (int, float)) else f.default
+            group.add_argument(flag, type=type(f.default), default=None, help=f"{f.metadata['help']} (default {shown})")
     p.add_argument("--precision", help=f"{', '.join(PRECISIONS)}; default: bf16-mixed where the device has native "
                    "bf16, else 16-mixed on a GPU and 32-true on a CPU (see docs/training.md: Precision)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (first steps are slower)")
@@ -261,7 +273,7 @@ def setup_model(run: Run) -> None:
     checkpoints and in the released weights, and every path to it (training step, evaluation, LR range test) runs
     the compiled code."""
     from s10.model import S10Config
-    from s10.module import S10Module
+    from s10.module import S10Module, WeightAverage
 
     arch = S10Config(num_classes=len(run.data.classes), class_names=run.data.classes)
     with run.fabric.init_module():
@@ -270,6 +282,8 @@ def setup_model(run: Run) -> None:
     if run.args.compile:
         run.module.net.compile()
     run.model = run.fabric.setup_module(run.module)
+    if run.recipe.ema_decay:
+        run.ema = WeightAverage(run.net, run.recipe.ema_decay)  # on the device, beside the network
     run.mean, run.std = (torch.tensor(v, dtype=torch.float32, device=run.fabric.device) for v in (arch.mean, arch.std))
 
 
@@ -330,9 +344,11 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
                 steps=len(run.train) // recipe.batch_size)
     t0 = time.perf_counter()
     batches = augmented_batches(run.train, recipe.batch_size, fabric.global_rank, fabric.world_size, recipe.seed,
-                                epoch, run.mean, run.std)
+                                epoch, run.mean, run.std, recipe.alternating_flip)
     for i, batch in enumerate(batches):
         step, lr = train_step(run, batch, i)
+        if run.ema is not None and (i + 1) % recipe.ema_every == 0:  # counted within the epoch: resumable as is
+            run.ema.update(run.net)
         fabric.call("on_train_batch_end", fabric=fabric, outputs=step, batch=batch, batch_idx=i, lr=lr)
     if fabric.device.type == "cuda":
         torch.cuda.synchronize()
@@ -415,7 +431,7 @@ def finish(run: Run) -> None:
     from s10.distributed import gather_uneven
     from s10.evaluate import predict_logits
 
-    fabric, net = run.fabric, run.net
+    fabric, net = run.fabric, run.published
     per_rank = run.recipe.batch_size // fabric.world_size
     net.eval()
     logits = gather_uneven(fabric, predict_logits(net, run.test.images, run.mean, run.std, per_rank))

@@ -173,23 +173,39 @@ def epoch_generators(seed: int, epoch: int, rank: int, device) -> tuple[torch.Ge
     return shuffle, augmentation
 
 
-def train_batches(split: Split, batch_size: int, rank: int, world_size: int, generator: torch.Generator):
+def train_batches(split: Split, batch_size: int, rank: int, world_size: int, generator: torch.Generator,
+                  with_index: bool = False):
     """Yield (uint8 images, labels) for this rank: one shared shuffle cut into global batches of `batch_size`,
-    each rank taking its contiguous share. The last incomplete global batch is dropped (a fresh shuffle each epoch)."""
+    each rank taking its contiguous share. The last incomplete global batch is dropped (a fresh shuffle each epoch).
+    With `with_index`, also the images' indices in the split."""
     per_rank = batch_size // world_size
     order = torch.randperm(len(split), generator=generator, device=split.images.device)
     for start in range(0, len(order) - batch_size + 1, batch_size):
         index = order[start + rank * per_rank: start + (rank + 1) * per_rank]
-        yield split.images[index], split.labels[index]
+        yield (split.images[index], split.labels[index], index) if with_index else (split.images[index],
+                                                                                      split.labels[index])
 
 
-def augmented_batches(split: Split, batch_size: int, rank: int, world_size: int, seed: int, epoch: int, mean, std):
+def alternating_flips(n: int, seed: int, epoch: int, device) -> torch.Tensor:
+    """Which of n training images epoch `epoch` mirrors under alternating flip (Keller Jordan's airbench): a seeded
+    coin per image, inverted every other epoch, so each epoch mirrors exactly the images the previous one did not.
+    (n,) bool on `device`, the same on every rank."""
+    coins = torch.Generator(device=device)
+    coins.manual_seed((seed * 1_000_003 + 7_919) % 2**63)
+    return (torch.rand(n, device=device, generator=coins) < 0.5) ^ bool(epoch % 2)
+
+
+def augmented_batches(split: Split, batch_size: int, rank: int, world_size: int, seed: int, epoch: int, mean, std,
+                      alternating_flip: bool = False):
     """One epoch of this rank's training batches, augmented on the device: (normalised float images in
     channels_last, labels). Deterministic for (seed, epoch, rank), so a resumed run sees the same batches. `mean`
-    and `std` as tensors on the device keep the steps free of host-to-device copies (s10.model.normalize)."""
+    and `std` as tensors on the device keep the steps free of host-to-device copies (s10.model.normalize). With
+    `alternating_flip`, the flips follow `alternating_flips` instead of a fresh coin per image and epoch."""
     shuffle, augmentation = epoch_generators(seed, epoch, rank, split.images.device)
-    for images, labels in train_batches(split, batch_size, rank, world_size, shuffle):
-        yield augment(images, mean, std, augmentation).contiguous(memory_format=torch.channels_last), labels
+    flips = alternating_flips(len(split), seed, epoch, split.images.device) if alternating_flip else None
+    for images, labels, index in train_batches(split, batch_size, rank, world_size, shuffle, with_index=True):
+        x = augment(images, mean, std, augmentation, flip=None if flips is None else flips[index])
+        yield x.contiguous(memory_format=torch.channels_last), labels
 
 
 def shard(n: int, rank: int, world_size: int) -> slice:
@@ -198,17 +214,19 @@ def shard(n: int, rank: int, world_size: int) -> slice:
     return slice(int(bounds[rank]), int(bounds[rank + 1]))
 
 
-def augment(images: torch.Tensor, mean, std, generator: torch.Generator, pad: int = 4, cutout: int = 8):
+def augment(images: torch.Tensor, mean, std, generator: torch.Generator, pad: int = 4, cutout: int = 8,
+            flip: torch.Tensor | None = None):
     """The S10 augmentation for a whole uint8 batch (B, 3, H, W), on its own device:
-    random crop after reflect-padding by `pad`, horizontal flip with p=0.5, normalise, then CutOut: one
-    `cutout`x`cutout` square per image, centred anywhere in the image and clipped at its border, set to 0
-    (the mean colour after normalisation; DeVries & Taylor 2017)."""
+    random crop after reflect-padding by `pad`, horizontal flip with p=0.5 (or where `flip`, (B,) bool, says),
+    normalise, then CutOut: one `cutout`x`cutout` square per image, centred anywhere in the image and clipped at its
+    border, set to 0 (the mean colour after normalisation; DeVries & Taylor 2017)."""
     b, c, h, w = images.shape
     dev = images.device
     padded = torch.nn.functional.pad(images, (pad,) * 4, mode="reflect") if pad else images
     dy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
-    flip = torch.rand(b, device=dev, generator=generator) < 0.5
+    coin = torch.rand(b, device=dev, generator=generator) < 0.5  # drawn either way: the other draws stay the same
+    flip = coin if flip is None else flip
     # Crop and flip as two gathers (rows, then columns; a flipped crop reads its columns in reverse): much
     # cheaper than 4-D advanced indexing, and no full-size flipped copy.
     ar_h, ar_w = torch.arange(h, device=dev), torch.arange(w, device=dev)

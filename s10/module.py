@@ -5,6 +5,7 @@ The Fabric loop in fabric_train.py calls these hooks; the module never touches d
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -33,13 +34,22 @@ class Recipe:
     pct_start: float = setting(5 / 24, "fraction of the run at which the LR peaks (epoch 5 of 24)")
     div_factor: float = setting(100.0, "start LR = max_lr / div_factor")
     final_div_factor: float = setting(100.0, "final LR = start LR / final_div_factor")
-    weight_decay: float = setting(1e-4, "Adam's L2 penalty")
+    weight_decay: float = setting(1e-4, "adam: the L2 penalty added to the gradient; adamw: the decoupled decay, a "
+                                        "fraction of each weight per unit of LR per step")
+    optimizer: str = setting("adam", "adam (the course's) or adamw (decoupled weight decay, Loshchilov & Hutter "
+                                     "2019; batch-norm parameters and biases are not decayed)")
     label_smoothing: float = setting(0.1, "cross-entropy label smoothing of the training loss (Szegedy et al. 2016)")
+    ema_decay: float = setting(0.0, "decay of an exponential moving average of the weights and batch-norm "
+                                    "statistics, updated every --ema-every steps; the final evaluation and the "
+                                    "published weights use it (0: off)")
+    ema_every: int = setting(5, "optimizer steps between two updates of the weights' moving average")
+    alternating_flip: bool = setting(False, "each epoch mirrors exactly the images the previous one did not "
+                                            "(airbench); off: a fresh coin per image and epoch")
     lr_find_steps: int = setting(100, "optimizer steps of the LR range test (--find-lr)")
     seed: int = setting(0, "seeds weights, shuffling and augmentation")
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "lr_find_steps"):
+        for name in ("epochs", "batch_size", "lr_find_steps", "ema_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_lr", "div_factor", "final_div_factor"):
@@ -51,6 +61,10 @@ class Recipe:
             raise ValueError(f"weight_decay must be at least 0, got {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
 
 
 class S10Module(L.LightningModule):
@@ -110,9 +124,20 @@ class S10Module(L.LightningModule):
         # on the device (GradScaler's path for `_step_supports_amp_scaling`) instead of reading found_inf back to
         # the host at every step. Fused kernels exist for CUDA and CPU parameters.
         fused = next(self.parameters()).device.type in ("cuda", "cpu") or None
-        optimizer = torch.optim.Adam(self.parameters(), lr=r.max_lr / r.div_factor, weight_decay=r.weight_decay,
-                                     fused=fused)
+        if r.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(self.decay_groups(r.weight_decay), lr=r.max_lr / r.div_factor, fused=fused)
+        else:
+            optimizer = torch.optim.Adam(self.parameters(), lr=r.max_lr / r.div_factor, weight_decay=r.weight_decay,
+                                         fused=fused)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._one_cycle(optimizer), "interval": "step"}}
+
+    def decay_groups(self, weight_decay: float) -> list[dict]:
+        """Two parameter groups: the convolution and linear weights, decayed, and the batch-norm weights and biases
+        and the linear bias (every 1-D parameter), not decayed: shrinking them only rescales what batch norm
+        normalises away, or moves a bias."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+                {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
     def _one_cycle(self, optimizer):
         r = self.recipe
@@ -132,3 +157,28 @@ class S10Module(L.LightningModule):
             optimizer.step()
             scheduler.step()
         return lrs
+
+
+class WeightAverage(torch.nn.Module):
+    """An exponential moving average of a network: its parameters and its floating-point buffers (batch norm's
+    running mean and variance) move by `1 - decay` towards the network's at every `update`, in one fused lerp on the
+    device; integer buffers (batch norm's step count) are copied. torch's AveragedModel does the same but reads its
+    update count back to the host at every update (a GPU sync), hence this one. `net` is the averaged copy."""
+
+    def __init__(self, net: torch.nn.Module, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module) -> None:
+        mine, theirs = self._tensors(self.net), self._tensors(net)
+        torch._foreach_lerp_(mine["float"], theirs["float"], 1 - self.decay)
+        for a, b in zip(mine["other"], theirs["other"]):
+            a.copy_(b)
+
+    @staticmethod
+    def _tensors(net):
+        tensors = [*net.parameters(), *net.buffers()]
+        return {"float": [t for t in tensors if t.is_floating_point()],
+                "other": [t for t in tensors if not t.is_floating_point()]}

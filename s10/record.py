@@ -183,9 +183,10 @@ def write_results(run, logits: torch.Tensor, logits_tta: torch.Tensor) -> dict:
     plots.reliability(results["calibration"], out / "reliability.png")
     pack = misclassified(logits, data.test, temperature=results["temperature"])
     write_misclassified_grid(pack, data.classes, out / "misclassified.png")
-    net = type(run.net)(run.net.config)  # a CPU float32 copy: the trained one stays where it is
+    trained = run.published  # the moving average of the weights with --ema-decay, else the network itself
+    net = type(trained)(trained.config)  # a CPU float32 copy: the trained one stays where it is
     net.load_state_dict({k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
-                         for k, v in run.net.state_dict().items()})
+                         for k, v in trained.state_dict().items()})
     net.config.temperature = results["temperature"]
     net.config.results = headline(results)
     net.save_pretrained(out / "model")

@@ -29,17 +29,24 @@ def recipe_lines(config: dict, results: dict) -> list[str]:
     """The recipe, data, hardware and time of a run, as Markdown bullets (README and model card)."""
     r, hw, data = config["recipe"], config["hardware"], config["data"]
     bf16 = "".join(f", {flag}" for flag in hw.get("cpu_bf16", []))  # why a CPU run defaults to bf16-mixed
-    device = hw["gpu"] or f"CPU ({hw['cpu']}, {hw['cpu_threads']} threads{bf16})"
+    gpu = hw.get("gpu")
+    gpu = gpu.get("name") if isinstance(gpu, dict) else gpu  # a dict (name, CUDA, cuDNN, TF32) since the CUDA rework
+    device = gpu or f"CPU ({hw['cpu']}, {hw['cpu_threads']} threads{bf16})"
     world = config.get("world_size", 1)
+    optimizer = (f"AdamW (decoupled decay {r['weight_decay']:g}, not on batch-norm parameters and biases)"
+                 if r.get("optimizer") == "adamw" else f"Adam (L2 {r['weight_decay']:g})")
+    extras = "".join([f"; a moving average of the weights (decay {r['ema_decay']:g} every {r['ema_every']} steps, "
+                      "batch-norm statistics included) is evaluated and published" if r.get("ema_decay") else "",
+                      "; alternating flip" if r.get("alternating_flip") else ""])
     return [
         f"- Data: `{Path(data['source']).name}`: {data['train_images']:,} training images, {data['test_images']:,} "
         "test images.",
-        f"- {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}, batch {r['batch_size']}, Adam (L2 "
-        f"{r['weight_decay']:g}), cross-entropy with label smoothing {r['label_smoothing']:g}; One Cycle: start "
+        f"- {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}, batch {r['batch_size']}, {optimizer}, "
+        f"cross-entropy with label smoothing {r['label_smoothing']:g}; One Cycle: start "
         f"{r['max_lr'] / r['div_factor']:.2e}, peak "
         f"{r['max_lr']:.2e} at {r['pct_start'] * r['epochs']:.3g} epochs, linear, two phases, end "
         f"{r['max_lr'] / r['div_factor'] / r['final_div_factor']:.2e}; augmentation: reflect-pad 4 + random crop 32, "
-        "horizontal flip, CutOut 8x8.",
+        f"horizontal flip, CutOut 8x8{extras}.",
         f"- Peak LR from the LR range test: {'yes' if config['args'].get('find_lr') else 'no (given)'}; "
         f"seed {r['seed']}.",
         f"- Ran on {world} x {device}, precision {config['args']['precision']}; torch "
@@ -47,7 +54,7 @@ def recipe_lines(config: dict, results: dict) -> list[str]:
         f"`{(config.get('git_commit') or 'unknown')[:10]}`"
         + "".join(f", resumed at epoch {res['from_epoch']} with `{(res.get('git_commit') or 'unknown')[:10]}`"
                   for res in config.get("resumes", [])) + ".",
-        f"- Wall time: {duration(results['train_time_s'])} of training on {'the GPU' if hw['gpu'] else 'the CPU'}: "
+        f"- Wall time: {duration(results['train_time_s'])} of training on {'the GPU' if gpu else 'the CPU'}: "
         f"the sum of the {results.get('epochs', r['epochs'])} epochs' training loops (the LR range test, the test "
         "passes and the time between a stop and its resume not included).",
     ]
@@ -193,7 +200,8 @@ def headline(run: Path) -> str:
     config = json.loads((run / "config.json").read_text())
     results = json.loads((run / "results.json").read_text())
     hw = config["hardware"]
-    device = hw["gpu"] or f"{hw['cpu_threads']} CPU cores ({hw['cpu']})"
+    gpu = hw.get("gpu")
+    device = (gpu.get("name") if isinstance(gpu, dict) else gpu) or f"{hw['cpu_threads']} CPU cores ({hw['cpu']})"
     text = (f"**{pct(results['test_acc'])}** test accuracy on CIFAR-10's {results['test_images']:,} test images "
             f"(**{pct(results['test_acc_tta'])}** with flip TTA) after {results['epochs']} epochs: "
             f"{duration(results['train_time_s'])} of training on {device}, {config['args']['precision']}.")

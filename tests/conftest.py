@@ -85,7 +85,8 @@ def free_port() -> int:
 class App:
     """A real app server in a subprocess, its output collected."""
 
-    def __init__(self, script: Path, env: dict, cwd: Path, pythonpath: str | None = None, timeout: float = 120):
+    def __init__(self, script: Path, env: dict, cwd: Path, pythonpath: str | None = None, timeout: float = 120,
+                 python: str = sys.executable):
         import threading
         import time
 
@@ -95,7 +96,7 @@ class App:
                     "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **env}
         if pythonpath is not None:
             full_env["PYTHONPATH"] = pythonpath
-        self.proc = subprocess.Popen([sys.executable, str(script)], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([str(python), str(script)], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         ready = threading.Event()

@@ -265,6 +265,38 @@ def test_bundled_app_answers_without_lightning(space_bundle, tmp_path):
         app.stop()
 
 
+@pytest.mark.slow
+def test_the_bundle_runs_alone_in_a_fresh_virtual_environment(space_bundle, tmp_path):
+    """A new virtual environment with only the bundle's requirements.txt and gradio at its sdk_version (no Lightning,
+    no torchvision, no torchmetrics), the Hub out of reach: the app falls back to the weights it ships and answers
+    /predict over HTTP. The CPU build of torch that requirements.txt pins comes from download.pytorch.org, which this
+    machine cannot reach; the venv takes the CPU build on this machine's disk (torch 2.13.0+cpu) in its place."""
+    from gradio_client import handle_file
+    from huggingface_hub import SpaceCard
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    lines = [line.split("#")[0].strip() for line in (space_bundle / "requirements.txt").read_text().splitlines()]
+    lines = ["torch==2.13.0+cpu" if line.startswith("torch==") else line for line in lines
+             if line and not line.startswith("--extra-index-url")]
+    sdk = SpaceCard.load(space_bundle / "README.md").data.sdk_version
+    (tmp_path / "requirements.txt").write_text("\n".join([*lines, f"gradio=={sdk}"]) + "\n")
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(tmp_path / "requirements.txt")],
+                             capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stderr[-3000:]
+    for name in ("lightning", "torchvision", "torchmetrics"):
+        assert subprocess.run([str(python), "-c", f"import {name}"], capture_output=True).returncode != 0, name
+    app = App(space_bundle / "app.py", env={"HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": ""}, cwd=space_bundle,
+              python=python, timeout=300)
+    try:
+        result = app.client().predict(handle_file(str(space_bundle / "examples" / "cat.png")), 3,
+                                      api_name="/predict")
+        assert len(result["confidences"]) == 3 and "falling back" in app.output
+    finally:
+        app.stop()
+
+
 @pytest.mark.parametrize("where", ["HF cache", "release folder"])
 def test_torch_hub_load_returns_the_released_model(tmp_path, where):
     """`torch.hub.load(repo, "s10_cifar10", source="local")` with the Hub offline: the model repo's copy in the HF
