@@ -143,6 +143,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise UsageError(f"--num-nodes must be at least 1, got {args.num_nodes}")
     # `fabric run` reads --precision and --strategy itself (wherever they stand) and hands them over in LT_*.
     args.precision = canonical_precision(args.precision or os.environ.get("LT_PRECISION"))
+    if os.environ.get("LT_PRECISION"):  # Fabric compares its precision with this one, alias and all
+        os.environ["LT_PRECISION"] = args.precision
     if args.strategy == "auto" and os.environ.get("LT_STRATEGY", "auto") not in STRATEGIES:
         raise UsageError(f"strategy {os.environ['LT_STRATEGY']!r} is not supported: use one of {', '.join(STRATEGIES)}"
                          " (sharded strategies such as FSDP or DeepSpeed would split the weights and the optimizer)")

@@ -103,13 +103,14 @@ def calibration_lines(results: dict, image: str | None = None) -> list[str]:
               for r in cal["risk_coverage"]]
     low = results.get("low_confidence")
     if low:
-        def right(share):  # None when no test image falls on that side of the threshold
-            return f"the model is right {pct(share)} of the time" if share is not None else "no test image lies"
+        def right(share, words):  # None when no test image falls on that side of the threshold
+            return words.format(pct(share)) if share is not None else "no test image lies"
 
+        below = right(low["accuracy_below"], "the model is right {} of the time")
         lines += ["", f"The app's low-confidence hint appears below a calibrated top probability of "
                   f"{low['threshold']:.4f}, the 5th percentile over the correctly classified test images. Below it "
-                  f"({pct(low['share_below'])} of the test images) {right(low['accuracy_below'])}, at or above it "
-                  f"{right(low['accuracy_above'])}; it flags the same test images as the same rule on the plain "
+                  f"({pct(low['share_below'])} of the test images) {below}, at or above it "
+                  f"{right(low['accuracy_above'], '{}')}; it flags the same test images as the same rule on the plain "
                   f"softmax for {pct(low['same_flags_as_uncalibrated'])} of them."]
     return lines + [""]
 
