@@ -47,11 +47,12 @@ class ProgressBar:
             self.last, self.images, self.pending = now, 0, None
         if self.pending is None:
             stats = torch.stack([outputs["loss"].detach().float(), outputs["acc"].detach().float()])
-            done = None
-            if stats.is_cuda:
+            host, done = stats, None
+            if stats.is_cuda:  # a copy into pinned memory is asynchronous; into pageable memory it would wait
+                host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True).copy_(stats, non_blocking=True)
                 done = torch.cuda.Event()
                 done.record()
-            self.pending = (stats.to("cpu", non_blocking=True), done, lr)
+            self.pending = (host, done, lr)
 
     def on_train_epoch_end(self, fabric, epoch: int, row: dict, state: dict):
         if self.bar is not None:
