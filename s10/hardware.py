@@ -70,14 +70,18 @@ def default_precision(device_type: str) -> str:
 
 
 def device_type(accelerator: str) -> str:
-    """The device kind Fabric's accelerator choice gives (`fabric run` may set it in LT_ACCELERATOR)."""
+    """The device kind Fabric's accelerator choice gives (`fabric run` may set it in LT_ACCELERATOR), by Fabric's
+    own rule for "auto" (TPU, then MPS, then CUDA, then CPU) and for "gpu" (MPS where there is one, else CUDA)."""
+    from lightning.fabric.accelerators.mps import MPSAccelerator
+    from lightning.fabric.utilities.device_parser import _select_auto_accelerator
+
     if accelerator == "auto":
         accelerator = os.environ.get("LT_ACCELERATOR", "auto")
-    if accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
-        return "mps"
-    return "cpu"
+    if accelerator == "auto":
+        accelerator = _select_auto_accelerator()
+    if accelerator == "gpu":
+        accelerator = "mps" if MPSAccelerator.is_available() else "cuda"
+    return accelerator
 
 
 def launched_elsewhere() -> bool:
