@@ -7,7 +7,7 @@ DATA := .data/cifar10
 RUN ?= runs/s10
 RELEASE := release
 
-.PHONY: gpu-check slurm-test help install test test-fast data train resume demo bench report release-record release-recalibrate screenshots publish publish-dry-run clean browser
+.PHONY: gpu-check slurm-test help install test test-fast data train resume seeds demo bench report release-record release-recalibrate screenshots publish publish-dry-run clean browser
 
 help:
 	@echo "make install | test | test-fast | data | train | resume | demo | bench | report | screenshots | release-record RUN=... | release-recalibrate | publish-dry-run | publish"
@@ -49,6 +49,19 @@ train: install data
 
 resume: install data
 	$(PY) fabric_train.py --data $(DATA) --out $(RUN) --find-lr --resume
+
+# The three-seed campaign of a recipe (docs/results.md): one run after another into $(SEEDS)/seed<k>. Run it again to
+# resume: a finished seed is skipped, a stopped one goes on from its last checkpoint.
+SEEDS ?= runs/seeds
+RECIPE ?= --label-smoothing 0.2 --ema-decay 0.99 --ema-every 5 --alternating-flip
+seeds: install data
+	for k in 0 1 2; do \
+		out=$(SEEDS)/seed$$k; \
+		if [ -f $$out/results.json ]; then echo "seed $$k: done"; continue; fi; \
+		if [ -f $$out/config.json ]; then resume=--resume; else resume=; fi; \
+		$(PY) fabric_train.py --data $(DATA) --out $$out --find-lr --seed $$k --no-progress-bar $(RECIPE) $$resume \
+			|| exit 1; \
+	done
 
 report: install
 	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
