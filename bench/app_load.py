@@ -102,7 +102,7 @@ def request(client, kind: str, picture: str, options: dict | None = None):
     """One request of `kind`, as the page's API takes it; every returned picture is decoded."""
     from gradio_client import handle_file
 
-    o = {"k": 3, "n_cams": 3, "layer": "layer2", "opacity": 0.5, "method": "GradCAM++", "target": "top classes",
+    o = {"k": 3, "n_cams": 3, "layer": "layer3", "opacity": 0.5, "method": "GradCAM", "target": "top classes",
          "count": 10, **(options or {})}
     if kind == "predict":
         result = client.predict(handle_file(picture), o["k"], api_name="/predict")

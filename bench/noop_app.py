@@ -26,7 +26,7 @@ MODEL = freeze(S10Net.from_pretrained(os.environ.get("S10_MODEL", ROOT / "releas
 CLASSES = MODEL.config.class_names
 PICTURE = load_image(ROOT / "space" / "examples" / "cat.png")
 X = to_input(PICTURE, MODEL.config.mean, MODEL.config.std)
-OVERLAYS = [overlay(shown(PICTURE), cam, 0.5) for cam in class_maps(MODEL, X.repeat(10, 1, 1, 1), "layer2",
+OVERLAYS = [overlay(shown(PICTURE), cam, 0.5) for cam in class_maps(MODEL, X.repeat(10, 1, 1, 1), "layer3",
                                                                      list(range(10)))]
 SEEN = shown(PICTURE.resize((32, 32)))
 LABEL = {name: 1 / len(CLASSES) for name in CLASSES}
@@ -36,13 +36,13 @@ def predict(image, k=3):
     return dict(list(LABEL.items())[:int(k)])
 
 
-def explain(image, k=3, show_cam=True, n_cams=3, layer="layer2", opacity=0.5, method="GradCAM++",
+def explain(image, k=3, show_cam=True, n_cams=3, layer="layer3", opacity=0.5, method="GradCAM",
             target="top classes"):
     gallery = [(im, f"{CLASSES[i]} (0.10)") for i, im in enumerate(OVERLAYS[:int(n_cams)])] if show_cam else []
     return predict(image, k), gallery, SEEN, ""
 
 
-def misclassified(count=10, with_cam=False, layer="layer2", opacity=0.5, method="GradCAM++"):
+def misclassified(count=10, with_cam=False, layer="layer3", opacity=0.5, method="GradCAM"):
     pictures = [OVERLAYS[i % 10] for i in range(int(count))]
     if with_cam:
         return [(p, f"{side}: cat (0.10)") for p in pictures for side in ("true", "predicted")]
@@ -54,9 +54,9 @@ with gr.Blocks() as demo:
     k = gr.Slider(1, MAX_TOP_K, value=3, step=1)
     show_cam = gr.Checkbox(value=False)
     n_cams = gr.Slider(1, MAX_TOP_K, value=3, step=1)
-    layer = gr.Dropdown(MODEL.config.cam_layers, value="layer2")
+    layer = gr.Dropdown(MODEL.config.cam_layers, value="layer3")
     opacity = gr.Slider(0, 1, value=0.5, step=0.05)
-    method = gr.Dropdown(list(CAM_METHODS), value="GradCAM++")
+    method = gr.Dropdown(list(CAM_METHODS), value="GradCAM")
     target = gr.Dropdown(["top classes", *CLASSES], value="top classes")
     label = gr.Label(num_top_classes=MAX_TOP_K)
     cam_gallery = gr.Gallery(format="png")

@@ -72,25 +72,36 @@ def app_latency(r: dict) -> list[str]:
 
 
 def cam_faithfulness(r: dict) -> list[str]:
-    rows, choice = r["rows"], r["choice"]
-    layers = list(dict.fromkeys(row["layer"] for row in rows))  # the model's order
-    rule = r["rule"]
+    rows, choice, rule = r["rows"], r["choice"] or {}, r["rule"]
+    floor = {int(k): v for k, v in r["random_gap"].items()}
     lines = ["`python bench/cam_faithfulness.py --data .data/cifar10 --json bench/results/cam_faithfulness.json` "
              f"({r['date']}; {r['images']} seeded test images, the released weights; {r['machine']}; torch "
-             f"{r['torch']}, {r['threads']} threads): average drop (lower is better) / increase in confidence (higher "
-             "is better) / 3 maps' latency, p50.", "",
-             "| method | " + " | ".join(f"`{layer}` ({r['sides'][layer]}x{r['sides'][layer]})" for layer in layers)
-             + " |", "|---|" + "---:|" * len(layers)]
-    for method in dict.fromkeys(row["method"] for row in rows):
-        cells = [next(x for x in rows if x["method"] == method and x["layer"] == layer) for layer in layers]
-        text = [("**{}**" if (c["method"], c["layer"]) == (choice["method"], choice["layer"]) else "{}").format(
-            f"{c['drop']:.3f} / {c['increase']:.3f} / {c['ms']:.0f} ms") for c in cells]
-        lines.append(f"| {method} | " + " | ".join(text) + " |")
-    lines.append("| ScoreCAM (latency only) | " + " | ".join(f"{r['scorecam_ms'][layer]:.0f} ms" for layer in layers)
-                 + " |")
-    lines += ["", f"The rule: among maps of at least {rule['min_map_side']}x{rule['min_map_side']} whose 3 maps take "
-              f"under {rule['latency_budget_ms']:g} ms, the lowest average drop (within {rule['tie_drop']:g} of it, "
-              f"the higher increase in confidence): **{choice['method']} at `{choice['layer']}`**."]
+             f"{r['torch']}, {r['threads']} threads). Deletion and insertion AUC ({r['steps']} steps, the predicted "
+             "class's probability) and their gap (insertion - deletion, higher is better); r 2nd / r last: the "
+             "correlation of the predicted class's map with the second / the least likely class's (lower means the "
+             "map depends on the class; flat: all-zero maps left out); average drop / increase in confidence; "
+             "3 maps' latency, p50. **Bold**: the default.", "",
+             "| method | layer | map | deletion | insertion | gap | r 2nd | r last | flat | avg drop | increase | "
+             "3 maps | qualifies |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for c in rows:
+        ok = (c["ms"] < rule["latency_budget_ms"] and c["r_second"] <= rule["max_corr"]
+              and c["r_last"] <= rule["max_corr"] and c["gap"] > floor[c["side"]]
+              and max(c["flat_second"], c["flat_last"]) <= rule["max_flat"] * r["images"])
+        cells = [c["method"], f"`{c['layer']}`", f"{c['side']}x{c['side']}", f"{c['deletion']:.3f}",
+                 f"{c['insertion']:.3f}", f"{c['gap']:+.3f}", f"{c['r_second']:+.2f}", f"{c['r_last']:+.2f}",
+                 f"{c['flat_second']}/{c['flat_last']}", f"{c['drop']:.3f}", f"{c['increase']:.3f}",
+                 f"{c['ms']:.0f} ms", "yes" if ok else ""]
+        if (c["method"], c["layer"]) == (choice.get("method"), choice.get("layer")):
+            cells = [f"**{x}**" if x else x for x in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "A random map's gap (the floor): " + ", ".join(f"{k}x{k} {v:+.3f}" for k, v in sorted(floor.items()))
+              + ". ScoreCAM, latency only: " + ", ".join(f"`{k}` {v:.0f} ms" for k, v in r["scorecam_ms"].items())
+              + ".", "",
+              f"The rule: a method and layer qualify when their 3 maps take under {rule['latency_budget_ms']:g} ms, "
+              f"the maps of two classes correlate at most {rule['max_corr']:g} (second and last class both), at most "
+              f"{100 * rule['max_flat']:.0f} % of them are all zero, and the gap beats a random map's; the default is the qualifying pair with the largest gap (within "
+              f"{rule['tie_gap']:g} of it, the finer map). Offered (qualify at some layer): "
+              f"**{', '.join(r['offered'])}**; default: **{choice.get('method')} at `{choice.get('layer')}`**."]
     return lines
 
 
@@ -114,8 +125,35 @@ def train_throughput(r: dict) -> list[str]:
     return lines
 
 
+def ood(r: dict) -> list[str]:
+    kinds, held = r["kinds"], r["held_out"]
+    names = {"msp": "max softmax (the low-confidence hint)", "energy": "energy", "mahalanobis": "Mahalanobis",
+             "knn": "k-NN (k = 10)"}
+    lines = [f"`python bench/ood.py --data .data/cifar10 --json bench/results/ood.json` ({r['date']}; the released "
+             f"weights; {r['machine']}; torch {r['torch']}). Scores fitted on the {r['train_images']:,} training "
+             f"images' features, measured against the {r['test_images']:,} CIFAR-10 test images: AUROC / FPR95 "
+             f"(the share of pictures let through at the threshold that keeps {100 * r['keep']:.0f} % of the test "
+             f"images). {r['per_kind']} pictures of each kind, drawn at {r['drawn']}x{r['drawn']} and shrunk to "
+             f"32x32 the way an upload is; *{held}* is held out (no choice was made on it).", "",
+             "| score | " + " | ".join(f"*{k}*" if k == held else k for k in kinds)
+             + " | mean AUROC, generated kinds | statistics |", "|---|" + "---:|" * (len(kinds) + 2)]
+    for row in r["rows"]:
+        cells = [f"{row['kinds'][k]['auroc']:.3f} / {row['kinds'][k]['fpr95']:.2f}" for k in kinds]
+        name = names.get(row["score"], row["score"])
+        line = [name, *cells, f"{row['tuned_auroc']:.3f}", f"{row['stats_mb']:.1f} MB"]
+        if row["score"] == r["choice"]["score"]:
+            line = [f"**{x}**" for x in line]
+        lines.append("| " + " | ".join(line) + " |")
+    lines += ["", f"Shipped: **{names.get(r['choice']['score'], r['choice']['score'])}**, the best mean AUROC over "
+              f"the generated kinds among scores whose statistics stay under {r['ship_limit_mb']:g} MB; threshold "
+              f"{r['choice']['threshold']:.4g}. How often it fires on {r['upload_images']:,} CIFAR-10 test images "
+              "sent the way an upload may reach the network:", "", "| CIFAR-10 test images | fires |", "|---|---:|"]
+    lines += [f"| {name} | {100 * share:.1f} % |" for name, share in r["uploads"].items()]
+    return lines
+
+
 RENDERERS = {"train_throughput": train_throughput, "app_load": app_load, "app_latency": app_latency,
-             "cam_faithfulness": cam_faithfulness}
+             "cam_faithfulness": cam_faithfulness, "ood": ood}
 
 
 def render(name: str) -> str:

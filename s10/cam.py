@@ -12,22 +12,26 @@ and on a 2-vCPU Space two CAMs in parallel are not faster than in turn.
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import numpy as np
 import torch
 from PIL import Image
-from torchcam.methods import GradCAM, GradCAMpp, LayerCAM, XGradCAM
+from torchcam.methods import FinerCAM, GradCAM, GradCAMpp, LayerCAM, XGradCAM
 from torchcam.utils import overlay_mask
 
-# The methods the app offers, by the name the page and the API use: torchcam's methods that need one forward and one
-# backward pass. ScoreCAM is left out: it runs one forward pass per channel of the layer (512 at layer3), seconds
-# for three maps on a 2-core CPU against milliseconds for these (bench/cam_faithfulness.py; figures in docs/app.md).
-CAM_METHODS = {"GradCAM": GradCAM, "GradCAM++": GradCAMpp, "XGradCAM": XGradCAM, "LayerCAM": LayerCAM}
-# Chosen by the rule in bench/cam_faithfulness.py (docs/app.md has the table): among maps of at least 8x8 that take
-# under 40 ms, the lowest average drop (within 0.01, the higher increase). layer3's 4x4 maps score better but cover a
-# photo in four blobs.
-DEFAULT_METHOD = "GradCAM++"
-DEFAULT_LAYER = "layer2"
+# torchcam's methods that need one forward and one backward pass, by the name the page and the API use: what
+# bench/cam_faithfulness.py measures. ScoreCAM is left out: it runs one forward pass per channel of the layer (512 at
+# layer3), seconds for three maps on a 2-core CPU against milliseconds for these. FinerCAM contrasts the class with
+# the three classes whose scores lie nearest to it ("why A and not B"), on GradCAM.
+MEASURED = {"GradCAM": GradCAM, "GradCAM++": GradCAMpp, "XGradCAM": XGradCAM, "LayerCAM": LayerCAM,
+            "FinerCAM": partial(FinerCAM, base_method=GradCAM)}
+# What the page offers, and its default: the benchmark's rule (docs/app.md has the table and the reasons). A method
+# whose map hardly changes with the class (GradCAM++, LayerCAM) cannot answer "why not a dog?".
+OFFERED = ("GradCAM", "XGradCAM", "FinerCAM")
+CAM_METHODS = {name: MEASURED[name] for name in OFFERED}
+DEFAULT_METHOD = "GradCAM"
+DEFAULT_LAYER = "layer3"
 SHOWN_SIZE = 224  # pixels: the side of every picture the app shows
 
 _hooked = threading.Lock()
@@ -66,7 +70,9 @@ def class_maps(model: torch.nn.Module, x: torch.Tensor, layer: str, class_idx: l
     image is repeated r times (one row per map) where it enters the top-level stage that holds `layer`: at the
     stage's output for a stage itself, at its input for a layer inside one (`layer1.res`), since the stage's skip
     connection adds its own input to the layer's output and both must have the same r rows."""
-    extractor_cls = CAM_METHODS[check_method(method)]
+    if method not in MEASURED:
+        raise CamError(f"unknown CAM method {method!r}; choose one of {', '.join(MEASURED)}")
+    extractor_cls = MEASURED[method]
     top = isinstance(class_idx, int)
     if (top and class_idx <= 0) or (not top and not class_idx):
         empty = np.zeros((0, *x.shape[-2:]), dtype=np.float32)

@@ -53,6 +53,7 @@ class S10Config:
     cam_layers: list[str] = field(default_factory=lambda: list(CAM_LAYERS))  # layer names a CAM can use
     temperature: float = 1.0  # logits are divided by it before the softmax (temperature scaling); 1.0: as trained
     results: dict = field(default_factory=dict)  # the training run's headline results (filled by training)
+    ood: dict = field(default_factory=dict)  # the out-of-distribution detector (s10/ood.py; bench/ood.py fills it)
 
     def __post_init__(self):
         if len(self.class_names) != self.num_classes:

@@ -72,12 +72,12 @@ from s10.inference import (  # noqa: E402
     check_top_k,
     load_image,
     load_misclassified,
-    probabilities,
     square_resize,
     to_input,
     top_k,
 )
 from s10.model import S10Net, calibrated  # noqa: E402
+from s10.ood import Detector, features_and_logits  # noqa: E402
 
 log = logging.getLogger("s10.app")
 RELEASED = ROOT / "release" / "model"
@@ -90,6 +90,9 @@ MAX_UPLOAD = "30mb"  # refused by the server before it is stored (a 40-megapixel
 # Client-side rendering, on purpose: SSR needs Node 24+ beside Python, and Spaces would otherwise follow
 # GRADIO_SSR_MODE; the tests and the browser test run the page this way.
 SSR_MODE = False
+# A gallery sizes to what it holds: gradio gives its grid a minimum height of 450 px, so a row of three maps sat in
+# a box twice its height.
+CSS = "#cam-gallery .grid-wrap, #misclassified-gallery .grid-wrap {min-height: 0; height: auto}"
 
 
 class StartupError(RuntimeError):
@@ -157,7 +160,7 @@ def _snapshot(repo_id: str, revision: str | None = None, local_only: bool = Fals
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=["misclassified.*", "config.json"],
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=["misclassified.*", "config.json", "ood.*"],
                                       local_files_only=local_only))
     except Exception:
         return None
@@ -182,6 +185,14 @@ try:
 except Exception as err:  # a model folder without the pack still classifies and explains; the page says why
     PACK_PROBLEM = f"the model's misclassified pack could not be loaded ({type(err).__name__}: {err})"
     log.warning("%s", PACK_PROBLEM)
+# "None of the ten": the detector the model folder ships (bench/ood.py chose it); a model without one gets no warning,
+# and a broken one is said on the page rather than taking the app down.
+DETECTOR, DETECTOR_PROBLEM = None, ""
+try:
+    DETECTOR = Detector.load(CONFIG.ood, MODEL_FOLDER)
+except Exception as err:
+    DETECTOR_PROBLEM = f"the model's out-of-distribution detector could not be loaded ({type(err).__name__}: {err})"
+    log.warning("%s", DETECTOR_PROBLEM)
 LAYER = DEFAULT_LAYER if DEFAULT_LAYER in CONFIG.cam_layers else CONFIG.cam_layers[-1]
 CAM_TARGETS = [TOP_CLASSES, *CLASSES]  # what a map can explain: the page's choices, and what the API accepts
 # Below this top probability a picture looks unlike 95 % of the test images the model gets right (the training run
@@ -240,14 +251,41 @@ def _check_cam(method: str, layer: str) -> None:
     check_method(method)
 
 
+def logits_of(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The logits of one normalised image, and whether the detector calls it none of the ten."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        if DETECTOR is None:
+            return MODEL(x).float(), False
+        features, logits = features_and_logits(MODEL, x)
+        return logits, bool(DETECTOR.fires(features, logits, CONFIG.temperature)[0])
+
+
+def unlike_the_ten(fires: bool) -> str:
+    """The page's warning for a picture the detector calls none of the ten, or "" ."""
+    if not fires:
+        return ""
+    fpr = (DETECTOR.measured.get("fpr95") or {}).get(DETECTOR.measured.get("held_out"))
+    note = (f"**This does not look like any of the ten classes.** The classes above are the closest of the ten, "
+            f"not what the picture shows. (The {DETECTOR.kind} score of its features is beyond what "
+            f"{100 * DETECTOR.measured.get('keeps', 0.95):.0f} % of the CIFAR-10 test images reach")
+    if fpr is not None:
+        note += f"; {100 * (1 - fpr):.0f} % of the held-out photos of other things go beyond it too"
+    return note + ".)"
+
+
 def predict(image, k: int = 3) -> dict[str, float]:
-    """Top-k class probabilities of an uploaded image, most likely first."""
+    """Top-k class probabilities of an uploaded image, most likely first; a warning (a toast on the page) when the
+    detector calls the picture none of the ten."""
     try:
         k = check_top_k(k)
         x = to_input(_picture(image), CONFIG.mean, CONFIG.std, CONFIG.input_size)
     except ImageError as err:
         raise gr.Error(str(err), print_exception=False) from None
-    return dict(top_k(probabilities(MODEL, x.contiguous(memory_format=torch.channels_last))[0], CLASSES, k))
+    logits, fires = logits_of(x)
+    if fires:
+        gr.Warning("This does not look like any of the ten classes.")
+    return dict(top_k(calibrated(logits[0], CONFIG.temperature), CLASSES, k))
 
 
 def hint(top_probability: float) -> str:
@@ -280,9 +318,10 @@ def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: st
         raise gr.Error(str(err), print_exception=False) from None
     seen = served(shown(square_resize(picture, CONFIG.input_size)), lossless=True)
     n_maps = max(0, min(int(n_cams), k)) if target == TOP_CLASSES else 1
+    logits, fires = logits_of(x) if DETECTOR is not None or not show_cam or not n_maps else (None, False)
     if not show_cam or not n_maps:
-        probs = probabilities(MODEL, x.contiguous(memory_format=torch.channels_last))[0]
-        return dict(top_k(probs, CLASSES, k)), [], seen, hint(float(probs.max()))
+        probs = calibrated(logits[0], CONFIG.temperature)
+        return dict(top_k(probs, CLASSES, k)), [], seen, notes(fires, float(probs.max()))
     with _in_flight_lock:
         _in_flight += 1
         log.info("cam request start (in flight: %d)", _in_flight)
@@ -298,7 +337,12 @@ def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: st
     finally:
         with _in_flight_lock:
             _in_flight -= 1
-    return dict(top_k(probs, CLASSES, k)), gallery, seen, hint(float(probs.max()))
+    return dict(top_k(probs, CLASSES, k)), gallery, seen, notes(fires, float(probs.max()))
+
+
+def notes(fires: bool, top_probability: float) -> str:
+    """The page's notes on a prediction: "none of the ten" first, then the low-confidence hint."""
+    return "\n\n".join(n for n in (unlike_the_ten(fires), hint(top_probability)) if n)
 
 
 def misclassified(count: int = 10, with_cam: bool = False, layer: str = LAYER, opacity: float = 0.5,
@@ -403,6 +447,8 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps", delet
         "class you pick."
     )
     gr.Markdown(f"<small>Model: {shown_source(MODEL_SOURCE)}</small>", elem_id="model-source")
+    if DETECTOR_PROBLEM:
+        gr.Markdown(f"*No warning for pictures of other things: {DETECTOR_PROBLEM}.*", elem_id="detector-problem")
     with gr.Row():
         with gr.Column():
             # image_mode=None: the path of the upload as sent; load_image reads every mode (alpha goes on white)
@@ -474,4 +520,4 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     log.info("model: %s", MODEL_SOURCE)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE).launch(max_file_size=MAX_UPLOAD,
-                                                                               ssr_mode=SSR_MODE)
+                                                                               ssr_mode=SSR_MODE, css=CSS)

@@ -161,3 +161,14 @@ def server(smoke_run, tmp_path_factory):
                                               "HF_HOME": str(tmp_path_factory.mktemp("hf"))}, cwd=ROOT)
     yield app
     app.stop()
+
+
+@pytest.fixture(scope="module")
+def released_server(tmp_path_factory):
+    """The real app serving the released model, with a gradio cache of its own."""
+    cache = tmp_path_factory.mktemp("served-cache")
+    app = App(ROOT / "space" / "app.py", env={"S10_MODEL": str(RELEASED), "GRADIO_TEMP_DIR": str(cache),
+                                              "HF_HOME": str(tmp_path_factory.mktemp("hf"))}, cwd=ROOT)
+    app.cache = cache
+    yield app
+    app.stop()
