@@ -67,10 +67,12 @@ report: install
 	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
 
 # Copy a finished run's record and model into release/ (no checkpoint), then write the README's results from it.
-release-record: install
+release-record: install data
 	test -f $(RUN)/results.json
 	rm -rf $(RELEASE) && mkdir -p $(RELEASE) && cp -r $(RUN)/. $(RELEASE)/
 	rm -rf $(RELEASE)/checkpoints $(RELEASE)/tensorboard
+	$(PY) bench/ood.py --data $(DATA) --model $(RELEASE)/model --json bench/results/ood.json \
+		--samples docs/images/ood_kinds.png --ship
 	$(PY) -m hub.card $(RELEASE)
 	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
 
@@ -90,6 +92,7 @@ demo: install
 bench: install data
 	$(PY) bench/train_throughput.py --data $(DATA) --steps 10 --rounds 3 --json bench/results/train_throughput.json
 	$(PY) bench/cam_faithfulness.py --data $(DATA) --json bench/results/cam_faithfulness.json
+	$(PY) bench/ood.py --data $(DATA) --json bench/results/ood.json --samples docs/images/ood_kinds.png --ship
 	$(PY) bench/app_latency.py --json bench/results/app_latency.json
 	$(PY) bench/app_load.py --json bench/results/app_load.json
 	$(PY) bench/render.py

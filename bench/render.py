@@ -99,7 +99,8 @@ def cam_faithfulness(r: dict) -> list[str]:
               + ".", "",
               f"The rule: a method and layer qualify when their 3 maps take under {rule['latency_budget_ms']:g} ms, "
               f"the maps of two classes correlate at most {rule['max_corr']:g} (second and last class both), at most "
-              f"{100 * rule['max_flat']:.0f} % of them are all zero, and the gap beats a random map's; the default is the qualifying pair with the largest gap (within "
+              f"{100 * rule['max_flat']:.0f} % of them are all zero, and the gap beats a random map's; the default "
+              "is the qualifying pair with the largest gap (within "
               f"{rule['tie_gap']:g} of it, the finer map). Offered (qualify at some layer): "
               f"**{', '.join(r['offered'])}**; default: **{choice.get('method')} at `{choice.get('layer')}`**."]
     return lines
@@ -128,7 +129,7 @@ def train_throughput(r: dict) -> list[str]:
 def ood(r: dict) -> list[str]:
     kinds, held = r["kinds"], r["held_out"]
     names = {"msp": "max softmax (the low-confidence hint)", "energy": "energy", "mahalanobis": "Mahalanobis",
-             "knn": "k-NN (k = 10)"}
+             "knn": "k-NN, all training images (k = 10)", "knn-2k": "k-NN, 2,000 training images (k = 1)"}
     lines = [f"`python bench/ood.py --data .data/cifar10 --json bench/results/ood.json` ({r['date']}; the released "
              f"weights; {r['machine']}; torch {r['torch']}). Scores fitted on the {r['train_images']:,} training "
              f"images' features, measured against the {r['test_images']:,} CIFAR-10 test images: AUROC / FPR95 "

@@ -62,6 +62,10 @@ Per class: {{ per_class }}.
 
 {{ calibration }}
 
+## Pictures of none of the ten
+
+{{ ood }}
+
 ![training curves](curves.png)
 
 ![confusion matrix](confusion_matrix.png)
@@ -73,7 +77,8 @@ The most confident mistakes (all 100 are in `misclassified.safetensors` + `miscl
 ## Limitations
 
 - Inputs are 32x32 pixels: larger pictures are centre-cropped and shrunk, so small or off-centre objects get lost.
-- It only knows the 10 CIFAR-10 classes and will confidently pick one of them for anything else.
+- It only knows the 10 CIFAR-10 classes. Its out-of-distribution detector (above) flags much of what is none of
+  them, not all: a picture whose features happen to lie near a class still gets that class, confidently.
 - Trained and measured on CIFAR-10's low-resolution photos, which differ from today's phone pictures.
 
 ## References
@@ -114,6 +119,39 @@ def citation(settings: project.Settings) -> str:
                       "  license = {MIT},", "  year    = {2026}", "}"])
 
 
+OOD_NAMES = {"msp": "the top calibrated probability", "energy": "the energy score (Liu et al. 2020)",
+             "mahalanobis": "the Mahalanobis distance of the penultimate features to the nearest class mean, with a "
+                            "covariance shared by the classes (Lee et al. 2018)",
+             "knn": "the cosine distance of the penultimate features to those of the k-th nearest of {bank:,} "
+                    "training images (k = {k}; Sun et al. 2022)"}
+
+
+def ood_lines(entry: dict, folder: Path) -> list[str]:
+    """The card's account of the out-of-distribution detector in config.json's `ood` (bench/ood.py wrote it), with
+    its statistics file in `folder`."""
+    if not entry:
+        return ["This model folder ships no out-of-distribution detector."]
+    from s10.ood import Detector
+
+    stats = Detector.load(entry, folder).stats
+    sizes = {"bank": len(stats["bank"]), "k": int(stats["k"])} if "bank" in stats else {}
+    held = entry.get("held_out")
+    auroc, fpr = entry.get("auroc", {}), entry.get("fpr95", {})
+    shipped = f" (its statistics: `{entry['file']}`)" if entry.get("file") else ""
+    name = OOD_NAMES.get(entry["score"], entry["score"]).format(**sizes)
+    lines = [f"`config.json`'s `ood` names a detector: {name}{shipped}. Above "
+             f"its threshold, {entry['threshold']:.4g}, which {100 * entry.get('keeps', 0.95):.0f} % of the CIFAR-10 "
+             "test images stay under, a picture is called none of the ten classes, and the Space says so. Measured "
+             "by `bench/ood.py` on generated pictures that are none of the ten (AUROC against the CIFAR-10 test "
+             "images / the share let through):", "", "| kind | AUROC | let through |", "|---|---:|---:|"]
+    lines += [f"| {k}{' (held out: no choice was made on it)' if k == held else ''} | {auroc[k]:.3f} | "
+              f"{100 * fpr[k]:.0f} % |" for k in auroc]
+    lines += ["", "What it will still miss: pictures near a class (an animal or a vehicle that CIFAR-10 lacks, a "
+              "drawing of a cat), and some photographs, as the held-out row shows; what it flags among real photos "
+              "of the ten classes is at least the 5 % its threshold gives up on the test set."]
+    return lines
+
+
 def eval_results(results: dict) -> list[EvalResult]:
     """One model-index result, CIFAR-10's test split, with two metrics: the plain accuracy and the flip-TTA one (the
     Hub groups EvalResults that share task, dataset and split into one result)."""
@@ -147,6 +185,8 @@ def build_card(run: Path, repo_id: str | None = None, settings: project.Settings
         github_repo="/".join(settings.github_url.rstrip("/").split("/")[-2:]), citation=citation(settings),
         recipe="\n".join(recipe_lines(config, results)), table="\n".join(results_table(results)),
         per_class=", ".join(f"{c} {pct(a)}" for c, a in results["per_class_acc"].items()),
+        ood="\n".join(ood_lines(json.loads((run / "model" / "config.json").read_text()).get("ood") or {},
+                                 run / "model")),
         calibration="\n".join(calibration_lines(results, "reliability.png" if (run / "reliability.png").is_file()
                                                  else None)) or "Not measured for this model.",
     )

@@ -20,7 +20,9 @@ from hub import settings as project
 from hub.card import PLOTS
 
 REQUIRED = ["model.safetensors", "config.json", "misclassified.safetensors", "misclassified.json"]
-OPTIONAL = PLOTS  # the card shows each plot the run has: the same list, so every picture it links is uploaded
+# The card shows each plot the run has (the same list, so every picture it links is uploaded); ood.safetensors holds
+# the out-of-distribution detector's statistics where its score needs them (s10/ood.py).
+OPTIONAL = [*PLOTS, "ood.safetensors"]
 
 
 class PushError(Exception):

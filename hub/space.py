@@ -23,9 +23,10 @@ from hub import settings as project
 from hub.push import PushError, upload
 
 ROOT = project.ROOT
-INFERENCE_MODULES = ["s10/__init__.py", "s10/model.py", "s10/inference.py", "s10/cam.py"]
+INFERENCE_MODULES = ["s10/__init__.py", "s10/model.py", "s10/inference.py", "s10/cam.py", "s10/ood.py"]
 RELEASED = ROOT / "release" / "model"
 RELEASED_FILES = ["model.safetensors", "config.json", "misclassified.safetensors", "misclassified.json"]
+RELEASED_OPTIONAL = ["ood.safetensors"]  # the detector's statistics, where its score has any (s10/ood.py)
 # What the app needs at run time, pinned as in requirements.txt; gradio comes from sdk_version.
 SPACE_PACKAGES = ["torch", "huggingface_hub", "safetensors", "torchcam", "matplotlib", "pillow", "numpy"]
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -73,7 +74,7 @@ def bundle(out: Path, space_id: str, model_id: str, settings: project.Settings, 
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / rel, out / rel)
     (out / "release" / "model").mkdir(parents=True, exist_ok=True)
-    for name in RELEASED_FILES:
+    for name in RELEASED_FILES + [n for n in RELEASED_OPTIONAL if (RELEASED / n).is_file()]:
         shutil.copyfile(RELEASED / name, out / "release" / "model" / name)
     (out / "requirements.txt").write_text(requirements())
     resolved = {"hf_user": settings.hf_user, "model_repo": model_id, "model_revision": revision,

@@ -57,13 +57,14 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def class_maps(model: torch.nn.Module, x: torch.Tensor, layer: str, class_idx: list[int] | int,
-               method: str = DEFAULT_METHOD, with_scores: bool = False):
+               method: str = DEFAULT_METHOD, with_scores: bool = False, with_features: bool = False):
     """CAMs at `layer` for the images of `x` (B, 3, H, W) and the classes `class_idx`, r = len(class_idx) / B per
     image (image i gets classes class_idx[i * r:(i + 1) * r]), or, for an int r, each image's r most likely classes
     by this same forward pass (most likely first: `scores[::r].topk(r)`, so the caller needs no forward pass of its
     own to rank them). float32 (B * r, H, W), upsampled to the input size, each in [0, 1]; with `with_scores`, also
-    the logits of that forward pass, one row per map (float32 (B * r, classes)). `model` must not run other forward
-    passes concurrently.
+    the logits of that forward pass, one row per map (float32 (B * r, classes)); with `with_features` (implies
+    `with_scores`), also what the head's linear layer read (the penultimate features, (B * r, 512)), so an
+    out-of-distribution score needs no second pass. `model` must not run other forward passes concurrently.
 
     Only what the maps need is computed: the layers before `layer` run once per image without autograd, and the graph
     starts at `layer`'s output, so the backward pass stops there (most of the network's FLOPs lie before layer2). Each
@@ -74,8 +75,11 @@ def class_maps(model: torch.nn.Module, x: torch.Tensor, layer: str, class_idx: l
         raise CamError(f"unknown CAM method {method!r}; choose one of {', '.join(MEASURED)}")
     extractor_cls = MEASURED[method]
     top = isinstance(class_idx, int)
+    with_scores = with_scores or with_features
     if (top and class_idx <= 0) or (not top and not class_idx):
         empty = np.zeros((0, *x.shape[-2:]), dtype=np.float32)
+        if with_features:
+            return empty, torch.zeros(0, 0), torch.zeros(0, 0)
         return (empty, torch.zeros(0, 0)) if with_scores else empty
     repeats, rest = (class_idx, 0) if top else divmod(len(class_idx), len(x))
     if rest or not repeats:
@@ -94,6 +98,9 @@ def class_maps(model: torch.nn.Module, x: torch.Tensor, layer: str, class_idx: l
         model.eval()
         hooks = [] if layer == stage else [model.get_submodule(stage).register_forward_pre_hook(repeat_input)]
         hooks.append(model.get_submodule(layer).register_forward_hook(graph_starts_here))  # before torchcam's own
+        features = []
+        if with_features:
+            hooks.append(model.head[-1].register_forward_pre_hook(lambda m, i: features.append(i[0].detach())))
         extractor = extractor_cls(model, target_layer=layer)
         try:
             with torch.enable_grad():
@@ -110,6 +117,8 @@ def class_maps(model: torch.nn.Module, x: torch.Tensor, layer: str, class_idx: l
     cams = torch.nn.functional.interpolate(cams[:, None].detach().float(), size=x.shape[-2:], mode="bilinear",
                                            align_corners=False)[:, 0]
     cams = cams.clamp(0, 1).nan_to_num(0.0).numpy()
+    if with_features:
+        return cams, scores.detach().float(), features[0].float()
     return (cams, scores.detach().float()) if with_scores else cams
 
 

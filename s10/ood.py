@@ -49,11 +49,13 @@ def fit_gaussian(features: torch.Tensor, labels: torch.Tensor, num_classes: int)
     return {"means": means.float(), "precision": torch.linalg.pinv(cov, hermitian=True).float()}
 
 
-def fit_knn(features: torch.Tensor, k: int = KNN_K, sample: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The unit-length features of the training images (or of a seeded sample of `sample` of them) and k."""
+def fit_knn(features: torch.Tensor, k: int = KNN_K, sample: int | None = None,
+            seed: int = 0) -> dict[str, torch.Tensor]:
+    """The unit-length features of the training images (or of a seeded sample of `sample` of them), in float16 (half
+    the bytes to ship; the similarities are computed in float32), and k."""
     if sample is not None and sample < len(features):
         features = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:sample]]
-    return {"bank": torch.nn.functional.normalize(features.float(), dim=1), "k": torch.tensor([k])}
+    return {"bank": torch.nn.functional.normalize(features.float(), dim=1).half(), "k": torch.tensor([k])}
 
 
 def score(kind: str, features: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0,
@@ -69,8 +71,8 @@ def score(kind: str, features: torch.Tensor, logits: torch.Tensor, temperature: 
         return torch.einsum("bcd,de,bce->bc", d, stats["precision"], d).amin(-1)
     if kind == "knn":
         rows = torch.nn.functional.normalize(features.float(), dim=1)
-        k = int(stats["k"])
-        return torch.cat([1 - (chunk @ stats["bank"].T).topk(k, dim=1).values[:, -1]
+        k, bank = int(stats["k"]), stats["bank"].float()
+        return torch.cat([1 - (chunk @ bank.T).topk(k, dim=1).values[:, -1]
                           for chunk in rows.split(1000)]) if len(rows) else rows.new_zeros(0)
     raise ValueError(f"unknown out-of-distribution score {kind!r}; choose one of {', '.join(SCORES)}")
 

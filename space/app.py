@@ -160,7 +160,8 @@ def _snapshot(repo_id: str, revision: str | None = None, local_only: bool = Fals
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=["misclassified.*", "config.json", "ood.*"],
+        patterns = ["misclassified.*", "config.json", "ood.*"]
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
                                       local_files_only=local_only))
     except Exception:
         return None
@@ -265,13 +266,10 @@ def unlike_the_ten(fires: bool) -> str:
     """The page's warning for a picture the detector calls none of the ten, or "" ."""
     if not fires:
         return ""
-    fpr = (DETECTOR.measured.get("fpr95") or {}).get(DETECTOR.measured.get("held_out"))
-    note = (f"**This does not look like any of the ten classes.** The classes above are the closest of the ten, "
-            f"not what the picture shows. (The {DETECTOR.kind} score of its features is beyond what "
-            f"{100 * DETECTOR.measured.get('keeps', 0.95):.0f} % of the CIFAR-10 test images reach")
-    if fpr is not None:
-        note += f"; {100 * (1 - fpr):.0f} % of the held-out photos of other things go beyond it too"
-    return note + ".)"
+    keeps = 100 * DETECTOR.measured.get("keeps", 0.95)
+    return ("**This does not look like any of the ten classes.** Its features lie farther from the training images' "
+            f"than those of {keeps:.0f} % of the CIFAR-10 test images: the classes above are only the closest of the "
+            "ten, not what the picture shows.")
 
 
 def predict(image, k: int = 3) -> dict[str, float]:
@@ -318,8 +316,8 @@ def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: st
         raise gr.Error(str(err), print_exception=False) from None
     seen = served(shown(square_resize(picture, CONFIG.input_size)), lossless=True)
     n_maps = max(0, min(int(n_cams), k)) if target == TOP_CLASSES else 1
-    logits, fires = logits_of(x) if DETECTOR is not None or not show_cam or not n_maps else (None, False)
     if not show_cam or not n_maps:
+        logits, fires = logits_of(x)
         probs = calibrated(logits[0], CONFIG.temperature)
         return dict(top_k(probs, CLASSES, k)), [], seen, notes(fires, float(probs.max()))
     with _in_flight_lock:
@@ -327,9 +325,12 @@ def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: st
         log.info("cam request start (in flight: %d)", _in_flight)
     try:
         # One pass gives the probabilities and the maps: for the top classes, class_maps ranks them itself.
-        cams, scores = class_maps(CAM_MODEL, x, layer, n_maps if target == TOP_CLASSES else [CLASSES.index(target)],
-                                  method, with_scores=True)
+        # ... and the features the detector reads.
+        cams, scores, features = class_maps(CAM_MODEL, x, layer,
+                                            n_maps if target == TOP_CLASSES else [CLASSES.index(target)], method,
+                                            with_features=True)
         probs = calibrated(scores[0], CONFIG.temperature)
+        fires = DETECTOR is not None and bool(DETECTOR.fires(features[:1], scores[:1], CONFIG.temperature)[0])
         index = scores[0].topk(n_maps).indices.tolist() if target == TOP_CLASSES else [CLASSES.index(target)]
         base = shown(picture)
         gallery = [(served(overlay(base, cam, opacity)), f"{CLASSES[i]} ({probs[i]:.2f})")

@@ -163,7 +163,8 @@ def test_each_method_maps_the_input_size_in_0_1_per_class_and_leaves_the_model_c
 
 def test_methods_and_layers_give_different_maps(model):
     x = example_input("ship", model)
-    maps = {(m, layer): class_maps(model, x, layer, [8], m)[0] for m in CAM_METHODS for layer in ("layer3", "layer3.res")}
+    maps = {(m, layer): class_maps(model, x, layer, [8], m)[0]
+            for m in CAM_METHODS for layer in ("layer3", "layer3.res")}
     keys = list(maps)
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from s10.model import S10Net
-from tests.conftest import RELEASED, ROOT, App
+from tests.conftest import ROOT, App
 from tests.test_app import EXAMPLES, encode, import_app
 
 GALLERY_SIZES = (1, 2, 10)

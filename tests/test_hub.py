@@ -7,8 +7,10 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors.torch import load_file, save_file
@@ -18,6 +20,8 @@ from tests.conftest import ROOT, App
 
 MODEL_FILES = {"model.safetensors", "config.json", "README.md", "curves.png", "confusion_matrix.png",
                "misclassified.png", "misclassified.json", "misclassified.safetensors", "reliability.png"}
+# (the release's folder adds ood.safetensors, the detector's statistics; a fresh run has no detector until
+# bench/ood.py --ship writes one)
 RELEASE = ROOT / "release"
 
 
@@ -42,6 +46,27 @@ def test_every_file_the_model_card_links_is_uploaded(smoke_run, tmp_path, which)
     assert "reliability.png" in links and "curves.png" in links
     missing = sorted(name for name in links if not (out / name).is_file())
     assert not missing, f"the card links {missing}, which the push leaves out"
+
+
+def test_the_uploaded_folder_carries_the_detector_its_config_names(tmp_path):
+    """The release's push folder holds the out-of-distribution statistics its config.json points to, and a model and
+    detector loaded from that folder alone warn for noise and not for a CIFAR-10 example."""
+    import json
+
+    from s10.inference import load_image, to_input
+    from s10.ood import Detector, features_and_logits
+
+    out = tmp_path / "repo"
+    proc = subprocess.run([sys.executable, "-m", "hub.push", str(RELEASE), "--dry-run", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    entry = json.loads((out / "config.json").read_text())["ood"]
+    assert entry.get("file") and (out / entry["file"]).is_file()
+    model, detector = S10Net.from_pretrained(out), Detector.load(entry, out)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    cat = load_image(ROOT / "space" / "examples" / "cat.png")
+    x = torch.cat([to_input(im, model.config.mean, model.config.std) for im in (noise, cat)])
+    assert detector.fires(*features_and_logits(model, x), model.config.temperature).tolist() == [True, False]
 
 
 def test_every_file_the_space_readme_links_is_in_the_bundle(tmp_path):
