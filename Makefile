@@ -7,7 +7,7 @@ DATA := .data/cifar10
 RUN ?= runs/s10
 RELEASE := release
 
-.PHONY: gpu-check slurm-test help install test test-fast data train resume seeds demo bench report release-record release-recalibrate screenshots publish publish-dry-run clean browser
+.PHONY: gpu-check slurm-test help install test test-fast data train resume seeds seeds-record demo bench report release-record release-recalibrate screenshots publish publish-dry-run clean browser
 
 help:
 	@echo "make install | test | test-fast | data | train | resume | demo | bench | report | screenshots | release-record RUN=... | release-recalibrate | publish-dry-run | publish"
@@ -49,6 +49,11 @@ train: install data
 
 resume: install data
 	$(PY) fabric_train.py --data $(DATA) --out $(RUN) --find-lr --resume
+
+# The finished seeds' records (no weights) and their spread into release/seeds/, then into the README and results.
+seeds-record: install
+	$(PY) -m s10.seeds $(SEEDS)/seed0 $(SEEDS)/seed1 $(SEEDS)/seed2 --out $(RELEASE)/seeds
+	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
 
 # The three-seed campaign of a recipe (docs/results.md): one run after another into $(SEEDS)/seed<k>. Run it again to
 # resume: a finished seed is skipped, a stopped one goes on from its last checkpoint.

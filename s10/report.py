@@ -156,6 +156,14 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
     img = (lambda name: f"{link}/{name}") if link != "." else (lambda name: name)
     lines = ["### Recipe and hardware", "", *recipe_lines(config, results), "", "### Results", "",
              *results_table(results)]
+    spread = seeds_summary(run)
+    if spread:
+        from s10 import seeds
+
+        lines += ["", f"### The recipe over {spread['runs']} seeds", "",
+                  f"The same recipe and precision with seeds {', '.join(str(s['seed']) for s in spread['seeds'])} "
+                  f"(records in [`seeds/`]({img('seeds')}); trained on {'; '.join(spread['hardware'])}):", "",
+                  *seeds.lines(spread)]
     lines += [
         "",
         "Per class (all test images): " + ", ".join(f"{c} {pct(a)}" for c, a in results["per_class_acc"].items()) + ".",
@@ -196,6 +204,12 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
     return "\n".join(lines)
 
 
+def seeds_summary(run: Path) -> dict | None:
+    """The release's seeds' spread (`python -m s10.seeds ... --out RUN/seeds`), if it has one."""
+    path = Path(run) / "seeds" / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def headline(run: Path) -> str:
     """The README's first-screen result: accuracy, epochs, training time and hardware, calibration."""
     config = json.loads((run / "config.json").read_text())
@@ -206,6 +220,11 @@ def headline(run: Path) -> str:
     text = (f"**{pct(results['test_acc'])}** test accuracy on CIFAR-10's {results['test_images']:,} test images "
             f"(**{pct(results['test_acc_tta'])}** with flip TTA) after {results['epochs']} epochs: "
             f"{duration(results['train_time_s'])} of training on {device}, {config['args']['precision']}.")
+    spread = seeds_summary(run)
+    if spread:
+        a, t = spread["test_acc"], spread["test_acc_tta"]
+        text += (f" The recipe over {spread['runs']} seeds: **{pct(a['mean'])} +- {100 * a['sd']:.2f}** "
+                 f"({pct(t['mean'])} +- {100 * t['sd']:.2f} with flip TTA), mean +- sd.")
     cal = results.get("calibration")
     if cal:
         text += (f" Calibrated probabilities: expected calibration error {cal['calibrated']['ece']:.4f} after "

@@ -194,6 +194,26 @@ def test_report_states_the_hardware_precision_wall_time_and_final_figure(finishe
     assert "- Note:" not in text
 
 
+def test_report_renders_the_seeds_spread_when_the_release_has_one(finished_run, tmp_path):
+    """With RUN/seeds/summary.json (python -m s10.seeds), the results section gets the seeds' table and the
+    headline the mean +- sd; without it, neither."""
+    import shutil
+
+    from s10 import seeds
+    from s10.report import headline, render
+    from tests.test_seeds import fake_run
+
+    run = tmp_path / "release"
+    shutil.copytree(finished_run[0], run, ignore=shutil.ignore_patterns("checkpoints"))
+    assert "over 3 seeds" not in headline(run) and "seeds" not in render(run, examples=None).lower()
+    runs = [fake_run(tmp_path / f"s{k}", k, acc, acc + 0.005) for k, acc in enumerate((0.9401, 0.9432, 0.9388))]
+    seeds.record(runs, run / "seeds")
+    assert "The recipe over 3 seeds: **94.07 % +- 0.23**" in headline(run)
+    text = render(run, examples=None)
+    assert "| **mean +- sd over 3 seeds** | **94.07 % +- 0.23** | **94.57 % +- 0.23** |" in text
+    assert "](seeds)" in text
+
+
 def test_lr_schedule_peaks_at_epoch_5_of_24():
     from s10.module import S10Module
 

@@ -1,0 +1,102 @@
+"""A recipe's spread over seeds: the finished runs' records copied into one folder, and their mean and standard
+deviation, which s10.report renders.
+
+    python -m s10.seeds RUN [RUN ...] --out release/seeds    # make seeds-record SEEDS=~/s10-seeds
+
+Each run must be finished (results.json) and all must share one recipe but for the seed, the data and the precision;
+otherwise the spread would mix recipes. For each run, its config.json, results.json, metrics.csv and train.log go to
+OUT/seed<k>/ (no checkpoint, no weights), and OUT/summary.json holds each seed's plain and flip-TTA accuracy with
+their mean and sample standard deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+RECORD = ("config.json", "results.json", "metrics.csv", "train.log")
+
+
+class SeedsError(ValueError):
+    """One line for the user."""
+
+
+def summarize(runs: list[Path]) -> dict:
+    if len(runs) < 2:
+        raise SeedsError("a spread needs at least two runs")
+    seeds, recipe, precision, where = [], None, None, []
+    for run in runs:
+        missing = [n for n in ("config.json", "results.json") if not (run / n).is_file()]
+        if missing:
+            raise SeedsError(f"{run} is not a finished run folder (missing {', '.join(missing)})")
+        config, results = (json.loads((run / n).read_text()) for n in ("config.json", "results.json"))
+        other = {k: v for k, v in config["recipe"].items() if k not in ("seed", "max_lr")}
+        if recipe is None:
+            recipe, precision = other, config["args"]["precision"]
+        elif other != recipe or config["args"]["precision"] != precision:
+            diff = sorted(k for k in set(other) | set(recipe) if other.get(k) != recipe.get(k))
+            raise SeedsError(f"{run} does not share the first run's recipe ({', '.join(diff) or 'precision'} differ)")
+        seeds.append({"seed": config["recipe"]["seed"], "run": run.name, "test_acc": results["test_acc"],
+                      "test_acc_tta": results["test_acc_tta"], "max_lr": config["recipe"]["max_lr"],
+                      "train_time_s": results.get("train_time_s"), "git_commit": config.get("git_commit")})
+        hw = config.get("hardware", {})
+        gpu = hw.get("gpu")
+        where.append((gpu.get("name") if isinstance(gpu, dict) else gpu) or f"{hw.get('cpu_threads')} CPU cores "
+                     f"({hw.get('cpu')})")
+    if len({s["seed"] for s in seeds}) != len(seeds):
+        raise SeedsError("two runs have the same seed")
+
+    def spread(key):
+        values = [s[key] for s in seeds]
+        return {"mean": statistics.fmean(values), "sd": statistics.stdev(values)}
+
+    return {"runs": len(seeds), "recipe": recipe, "precision": precision, "seeds": seeds,
+            "test_acc": spread("test_acc"), "test_acc_tta": spread("test_acc_tta"), "hardware": sorted(set(where))}
+
+
+def record(runs: list[Path], out: Path) -> dict:
+    summary = summarize(runs)
+    for run, seed in zip(runs, summary["seeds"]):
+        folder = out / f"seed{seed['seed']}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in RECORD:
+            if (run / name).is_file():
+                shutil.copyfile(run / name, folder / name)
+        seed["run"] = folder.name
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def lines(summary: dict) -> list[str]:
+    """The seeds' table: each seed's plain and flip-TTA accuracy, then mean +- sd."""
+    def pct(x):
+        return f"{100 * x:.2f} %"
+
+    out = ["| seed | test accuracy | flip TTA |", "|---:|---:|---:|"]
+    out += [f"| {s['seed']} | {pct(s['test_acc'])} | {pct(s['test_acc_tta'])} |" for s in summary["seeds"]]
+    a, t = summary["test_acc"], summary["test_acc_tta"]
+    out.append(f"| **mean +- sd over {summary['runs']} seeds** | **{pct(a['mean'])} +- {100 * a['sd']:.2f}** | "
+               f"**{pct(t['mean'])} +- {100 * t['sd']:.2f}** |")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m s10.seeds", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="finished run folders, one per seed")
+    parser.add_argument("--out", type=Path, required=True, help="where the records and summary.json go")
+    args = parser.parse_args(argv)
+    try:
+        summary = record(args.runs, args.out)
+    except (SeedsError, OSError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(lines(summary)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
