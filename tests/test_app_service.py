@@ -43,12 +43,15 @@ def test_every_offered_combination_in_process(released_app, monkeypatch):
     real = app.class_maps
     seen_maps = []
 
-    def checked(model, x, layer, class_idx, method, with_scores=False):
-        cams, scores = real(model, x, layer, class_idx, method, with_scores=True)
+    def checked(model, x, layer, class_idx, method, with_scores=False, with_features=False):
+        cams, scores, features = real(model, x, layer, class_idx, method, with_features=True)
         n = class_idx * len(x) if isinstance(class_idx, int) else len(class_idx)
         assert cams.shape == (n, 32, 32) and np.isfinite(cams).all(), (method, layer, cams.shape)
         assert cams.min() >= 0 and cams.max() <= 1, (method, layer)
+        assert features.shape == (len(cams), 512) and torch.isfinite(features).all()
         seen_maps.append((method, layer))
+        if with_features:
+            return cams, scores, features
         return (cams, scores) if with_scores else cams
 
     monkeypatch.setattr(app, "class_maps", checked)
