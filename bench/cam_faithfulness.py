@@ -133,9 +133,11 @@ def main() -> None:
     if args.rule_only:
         stored = json.loads(args.rule_only.read_text())
         floor = {int(k): v for k, v in stored["random_gap"].items()}
+        for r in stored["rows"]:
+            r["qualifies"] = qualifies(r, floor, stored["images"])
         choice = choose(stored["rows"], floor, stored["images"])
-        stored.update(rule=RULE, offered=[m for m in MEASURED if any(
-            qualifies(r, floor, stored["images"]) for r in stored["rows"] if r["method"] == m)],
+        stored.update(rule=RULE, offered=[m for m in MEASURED if any(r["qualifies"] for r in stored["rows"]
+                                                                     if r["method"] == m)],
             choice={"method": choice["method"], "layer": choice["layer"]} if choice else None)
         args.rule_only.write_text(json.dumps(stored, indent=1) + "\n")
         print(f"offered: {', '.join(stored['offered'])}; default: {stored['choice']}")
@@ -191,8 +193,10 @@ def main() -> None:
         score_ms[layer] = latency_ms(score_cams, 1)  # seconds each: one timed call after the warm-up
         print(f"ScoreCAM  {layer:<11} 3 maps {score_ms[layer]:6.1f} ms (latency only)", flush=True)
 
+    for r in rows:
+        r["qualifies"] = qualifies(r, floor, len(x_all))
     choice = choose(rows, floor, len(x_all))
-    offered = [m for m in MEASURED if any(qualifies(r, floor, len(x_all)) for r in rows if r["method"] == m)]
+    offered = [m for m in MEASURED if any(r["qualifies"] for r in rows if r["method"] == m)]
     print(f"\n{len(x_all)} test images, model {args.model}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"qualify at some layer (offered): {', '.join(offered) or 'none'}")

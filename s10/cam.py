@@ -41,9 +41,10 @@ class CamError(ValueError):
     """A CAM request that names an unknown method or layer; the message is meant for the user."""
 
 
-def check_method(method: str) -> str:
-    if method not in CAM_METHODS:
-        raise CamError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+def check_method(method: str, methods: dict = CAM_METHODS) -> str:
+    """`method` if it is one of `methods` (by default, what the page offers); else a CamError naming them."""
+    if method not in methods:
+        raise CamError(f"unknown CAM method {method!r}; choose one of {', '.join(methods)}")
     return method
 
 
@@ -71,9 +72,7 @@ def class_maps(model: torch.nn.Module, x: torch.Tensor, layer: str, class_idx: l
     image is repeated r times (one row per map) where it enters the top-level stage that holds `layer`: at the
     stage's output for a stage itself, at its input for a layer inside one (`layer1.res`), since the stage's skip
     connection adds its own input to the layer's output and both must have the same r rows."""
-    if method not in MEASURED:
-        raise CamError(f"unknown CAM method {method!r}; choose one of {', '.join(MEASURED)}")
-    extractor_cls = MEASURED[method]
+    extractor_cls = MEASURED[check_method(method, MEASURED)]
     top = isinstance(class_idx, int)
     with_scores = with_scores or with_features
     if (top and class_idx <= 0) or (not top and not class_idx):

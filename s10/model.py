@@ -130,7 +130,12 @@ class S10Net(
         self.head = nn.Sequential(nn.MaxPool2d(4), nn.Flatten(), nn.Linear(512, self.config.num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.layer3(self.layer2(self.layer1(self.prep(x)))))
+        return self.head[-1](self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features (B, 512): what the head's linear layer reads (s10/ood.py scores them)."""
+        pool, flatten = self.head[0], self.head[1]
+        return flatten(pool(self.layer3(self.layer2(self.layer1(self.prep(x))))))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float images (B, 3, H, W) -> the normalised float input the network expects."""

@@ -32,11 +32,10 @@ KNN_K = 10
 def features_and_logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """Penultimate features (B, 512) and logits (B, classes), float32, of normalised images, in batches."""
     feats, logits = [], []
-    pool, linear = model.head[:-1], model.head[-1]
     for start in range(0, len(x), batch):
-        f = pool(model.layer3(model.layer2(model.layer1(model.prep(x[start:start + batch].float())))))
+        f = model.features(x[start:start + batch].float())
         feats.append(f.float())
-        logits.append(linear(f).float())
+        logits.append(model.head[-1](f).float())
     return torch.cat(feats), torch.cat(logits)
 
 

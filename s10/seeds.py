@@ -73,8 +73,7 @@ def record(runs: list[Path], out: Path) -> dict:
 
 def lines(summary: dict) -> list[str]:
     """The seeds' table: each seed's plain and flip-TTA accuracy, then mean +- sd."""
-    def pct(x):
-        return f"{100 * x:.2f} %"
+    from s10.report import pct
 
     out = ["| seed | test accuracy | flip TTA |", "|---:|---:|---:|"]
     out += [f"| {s['seed']} | {pct(s['test_acc'])} | {pct(s['test_acc_tta'])} |" for s in summary["seeds"]]

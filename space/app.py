@@ -254,12 +254,9 @@ def _check_cam(method: str, layer: str) -> None:
 
 def logits_of(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """The logits of one normalised image, and whether the detector calls it none of the ten."""
-    x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        if DETECTOR is None:
-            return MODEL(x).float(), False
-        features, logits = features_and_logits(MODEL, x)
-        return logits, bool(DETECTOR.fires(features, logits, CONFIG.temperature)[0])
+        features, logits = features_and_logits(MODEL, x.contiguous(memory_format=torch.channels_last))
+        return logits, DETECTOR is not None and bool(DETECTOR.fires(features, logits, CONFIG.temperature)[0])
 
 
 def unlike_the_ten(fires: bool) -> str:
