@@ -68,13 +68,23 @@ seeds: install data
 			|| exit 1; \
 	done
 
+# Keep a recipe's record (config, results, metrics, log of each run; no weights) beside the release, for the
+# results' "Recipes compared" table: `make recipe-record NAME=course RUNS=release` before a release of a new recipe.
+recipe-record: install
+	@test -n "$(NAME)" -a -n "$(RUNS)" || (echo "usage: make recipe-record NAME=<name> RUNS='<run folder> ...'" >&2; exit 2)
+	$(PY) -m s10.seeds $(RUNS) --out $(RELEASE)/recipes/$(NAME)
+	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
+
 report: install
 	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
 
 # Copy a finished run's record and model into release/ (no checkpoint), then write the README's results from it.
+# The seeds' and the earlier recipes' records (release/seeds, release/recipes) stay; s10.report refuses seeds of
+# another recipe than the new release's.
 release-record: install data
 	test -f $(RUN)/results.json
-	rm -rf $(RELEASE) && mkdir -p $(RELEASE) && cp -r $(RUN)/. $(RELEASE)/
+	mkdir -p $(RELEASE) && find $(RELEASE) -mindepth 1 -maxdepth 1 ! -name seeds ! -name recipes -exec rm -rf {} +
+	cp -r $(RUN)/. $(RELEASE)/
 	rm -rf $(RELEASE)/checkpoints $(RELEASE)/tensorboard
 	$(PY) bench/ood.py --data $(DATA) --model $(RELEASE)/model --json bench/results/ood.json \
 		--samples docs/images/ood_kinds.png --ship

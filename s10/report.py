@@ -164,6 +164,15 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
                   f"The same recipe and precision with seeds {', '.join(str(s['seed']) for s in spread['seeds'])} "
                   f"(records in [`seeds/`]({img('seeds')}); trained on {'; '.join(spread['hardware'])}):", "",
                   *seeds.lines(spread)]
+    others = recipes(run)
+    if others:
+        from s10 import seeds
+
+        mine = spread or seeds.summarize([run])
+        lines += ["", "### Recipes compared", "",
+                  "This release's recipe beside the earlier ones (their records, no weights, in "
+                  f"[`recipes/`]({img('recipes')})), each over its seeds, the same data and test set:", "",
+                  *seeds.compare_lines([*others, ("this release's recipe", mine)])]
     lines += [
         "",
         "Per class (all test images): " + ", ".join(f"{c} {pct(a)}" for c, a in results["per_class_acc"].items()) + ".",
@@ -205,9 +214,32 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
 
 
 def seeds_summary(run: Path) -> dict | None:
-    """The release's seeds' spread (`python -m s10.seeds ... --out RUN/seeds`), if it has one."""
+    """The release's seeds' spread (`python -m s10.seeds ... --out RUN/seeds`), if it has one. A spread of another
+    recipe or precision than the release's is refused (ValueError): it would be printed as the release's."""
+    from s10.seeds import full_recipe
+
     path = Path(run) / "seeds" / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    config = json.loads((Path(run) / "config.json").read_text())
+    if (full_recipe(summary["recipe"]) != full_recipe(config["recipe"])
+            or summary["precision"] != config["args"]["precision"]):
+        raise ValueError(f"{path} is the spread of another recipe or precision than the release's; run "
+                         "`make seeds-record` with this recipe's seeds, or remove it")
+    return summary
+
+
+def recipes(run: Path) -> list[tuple[str, dict]]:
+    """Earlier recipes' records kept beside the release (`python -m s10.seeds RUN --out RUN/recipes/<name>`), less
+    any of the release's own recipe (its row is the release's)."""
+    from s10.seeds import full_recipe
+
+    folder = Path(run) / "recipes"
+    found = sorted(folder.glob("*/summary.json")) if folder.is_dir() else []
+    mine = full_recipe(json.loads((Path(run) / "config.json").read_text())["recipe"])
+    kept = [(path.parent.name, json.loads(path.read_text())) for path in found]
+    return [(name, summary) for name, summary in kept if full_recipe(summary["recipe"]) != mine]
 
 
 def headline(run: Path) -> str:
@@ -221,7 +253,7 @@ def headline(run: Path) -> str:
             f"(**{pct(results['test_acc_tta'])}** with flip TTA) after {results['epochs']} epochs: "
             f"{duration(results['train_time_s'])} of training on {device}, {config['args']['precision']}.")
     spread = seeds_summary(run)
-    if spread:
+    if spread and spread["runs"] > 1:
         a, t = spread["test_acc"], spread["test_acc_tta"]
         text += (f" The recipe over {spread['runs']} seeds: **{pct(a['mean'])} +- {100 * a['sd']:.2f}** "
                  f"({pct(t['mean'])} +- {100 * t['sd']:.2f} with flip TTA), mean +- sd.")
@@ -256,11 +288,11 @@ def main(argv=None) -> int:
             rewrite_section(args.readme, headline(args.run), HEADLINE_START, HEADLINE_END)
         if args.results:
             rewrite_section(args.results, render(args.run, args.results.resolve().parent))
+        if not (args.readme or args.results):
+            sys.stdout.write(render(args.run))
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not (args.readme or args.results):
-        sys.stdout.write(render(args.run))
     return 0
 
 

@@ -1,17 +1,20 @@
 """A recipe's spread over seeds: the finished runs' records copied into one folder, and their mean and standard
 deviation, which s10.report renders.
 
-    python -m s10.seeds RUN [RUN ...] --out release/seeds    # make seeds-record SEEDS=~/s10-seeds
+    python -m s10.seeds RUN [RUN ...] --out release/seeds            # make seeds-record SEEDS=~/s10-seeds
+    python -m s10.seeds release --out release/recipes/course         # make recipe-record NAME=course RUNS=release
 
 Each run must be finished (results.json) and all must share one recipe but for the seed, the data and the precision;
 otherwise the spread would mix recipes. For each run, its config.json, results.json, metrics.csv and train.log go to
 OUT/seed<k>/ (no checkpoint, no weights), and OUT/summary.json holds each seed's plain and flip-TTA accuracy with
-their mean and sample standard deviation.
+their mean and sample standard deviation (none for a single run). One run is a recipe's record without a spread: how
+an earlier release's recipe stays beside the new one (`release/recipes/<name>/`, the "Recipes compared" table).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -25,16 +28,25 @@ class SeedsError(ValueError):
     """One line for the user."""
 
 
+def full_recipe(recipe: dict) -> dict:
+    """A config.json's recipe with the fields it predates filled in with their defaults (a run from before a field
+    existed ran as its default), less the seed and the LR range test's peak LR, which vary by seed."""
+    from s10.module import Recipe
+
+    defaults = {f.name: f.default for f in dataclasses.fields(Recipe)}
+    return {k: v for k, v in {**defaults, **recipe}.items() if k not in ("seed", "max_lr")}
+
+
 def summarize(runs: list[Path]) -> dict:
-    if len(runs) < 2:
-        raise SeedsError("a spread needs at least two runs")
+    if not runs:
+        raise SeedsError("no runs given")
     seeds, recipe, precision, where = [], None, None, []
     for run in runs:
         missing = [n for n in ("config.json", "results.json") if not (run / n).is_file()]
         if missing:
             raise SeedsError(f"{run} is not a finished run folder (missing {', '.join(missing)})")
         config, results = (json.loads((run / n).read_text()) for n in ("config.json", "results.json"))
-        other = {k: v for k, v in config["recipe"].items() if k not in ("seed", "max_lr")}
+        other = full_recipe(config["recipe"])
         if recipe is None:
             recipe, precision = other, config["args"]["precision"]
         elif other != recipe or config["args"]["precision"] != precision:
@@ -52,7 +64,7 @@ def summarize(runs: list[Path]) -> dict:
 
     def spread(key):
         values = [s[key] for s in seeds]
-        return {"mean": statistics.fmean(values), "sd": statistics.stdev(values)}
+        return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
 
     return {"runs": len(seeds), "recipe": recipe, "precision": precision, "seeds": seeds,
             "test_acc": spread("test_acc"), "test_acc_tta": spread("test_acc_tta"), "hardware": sorted(set(where))}
@@ -71,15 +83,42 @@ def record(runs: list[Path], out: Path) -> dict:
     return summary
 
 
+def spread_text(value: dict) -> str:
+    """`94.07 % +- 0.23` (percentage points), or the one run's figure."""
+    from s10.report import pct
+
+    return pct(value["mean"]) + (f" +- {100 * value['sd']:.2f}" if value.get("sd") is not None else "")
+
+
 def lines(summary: dict) -> list[str]:
     """The seeds' table: each seed's plain and flip-TTA accuracy, then mean +- sd."""
     from s10.report import pct
 
     out = ["| seed | test accuracy | flip TTA |", "|---:|---:|---:|"]
     out += [f"| {s['seed']} | {pct(s['test_acc'])} | {pct(s['test_acc_tta'])} |" for s in summary["seeds"]]
-    a, t = summary["test_acc"], summary["test_acc_tta"]
-    out.append(f"| **mean +- sd over {summary['runs']} seeds** | **{pct(a['mean'])} +- {100 * a['sd']:.2f}** | "
-               f"**{pct(t['mean'])} +- {100 * t['sd']:.2f}** |")
+    if summary["runs"] > 1:
+        out.append(f"| **mean +- sd over {summary['runs']} seeds** | **{spread_text(summary['test_acc'])}** | "
+                   f"**{spread_text(summary['test_acc_tta'])}** |")
+    return out
+
+
+def brief(recipe: dict) -> str:
+    """What a recipe sets beyond the schedule, in words: optimizer and decay, label smoothing, EMA, flip."""
+    r = full_recipe(recipe)
+    parts = [f"{'AdamW, decoupled decay' if r['optimizer'] == 'adamw' else 'Adam, L2'} {r['weight_decay']:g}",
+             f"label smoothing {r['label_smoothing']:g}"]
+    if r["ema_decay"]:
+        parts.append(f"weight average {r['ema_decay']:g} every {r['ema_every']} steps")
+    parts.append("alternating flip" if r["alternating_flip"] else "random flip")
+    return ", ".join(parts)
+
+
+def compare_lines(recipes: list[tuple[str, dict]]) -> list[str]:
+    """The recipes compared: one row per (name, summary), plain and flip-TTA accuracy as mean +- sd over its seeds."""
+    out = ["| recipe | what it sets | seeds | test accuracy | flip TTA |", "|---|---|---:|---:|---:|"]
+    for name, s in recipes:
+        out.append(f"| {name} | {brief(s['recipe'])} | {', '.join(str(x['seed']) for x in s['seeds'])} | "
+                   f"{spread_text(s['test_acc'])} | {spread_text(s['test_acc_tta'])} |")
     return out
 
 

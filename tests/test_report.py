@@ -3,6 +3,8 @@
 import csv
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from s10.inference import load_misclassified
 from s10.lr_finder import lr_range_test
 from s10.model import S10Net
 from s10.module import Recipe
-from tests.conftest import make_tree, ok, run_train
+from tests.conftest import ROOT, make_tree, ok, run_train
 
 
 def least_squares(n=512, d=8, seed=0):
@@ -206,12 +208,45 @@ def test_report_renders_the_seeds_spread_when_the_release_has_one(finished_run, 
     run = tmp_path / "release"
     shutil.copytree(finished_run[0], run, ignore=shutil.ignore_patterns("checkpoints"))
     assert "over 3 seeds" not in headline(run) and "seeds" not in render(run, examples=None).lower()
-    runs = [fake_run(tmp_path / f"s{k}", k, acc, acc + 0.005) for k, acc in enumerate((0.9401, 0.9432, 0.9388))]
+    config = json.loads((run / "config.json").read_text())
+    runs = [fake_run(tmp_path / f"s{k}", k, acc, acc + 0.005, recipe=config["recipe"],
+                     precision=config["args"]["precision"]) for k, acc in enumerate((0.9401, 0.9432, 0.9388))]
     seeds.record(runs, run / "seeds")
     assert "The recipe over 3 seeds: **94.07 % +- 0.23**" in headline(run)
     text = render(run, examples=None)
     assert "| **mean +- sd over 3 seeds** | **94.07 % +- 0.23** | **94.57 % +- 0.23** |" in text
-    assert "](seeds)" in text
+    assert "](seeds)" in text and "Recipes compared" not in text
+
+    # Another recipe's seeds are not printed as this release's: a clear error, exit 2.
+    other = [fake_run(tmp_path / f"o{k}", k, 0.95, 0.955) for k in range(2)]
+    seeds.record(other, run / "seeds")
+    with pytest.raises(ValueError, match="another recipe"):
+        headline(run)
+    proc = subprocess.run([sys.executable, "-m", "s10.report", str(run)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 2 and "another recipe" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_report_sets_the_release_beside_the_earlier_recipes(finished_run, tmp_path):
+    """RUN/recipes/<name>/ (an earlier release's record, `make recipe-record`) gives the "Recipes compared" table:
+    its row and this release's, each with what it sets and its accuracy."""
+    import shutil
+
+    from s10 import seeds
+    from s10.report import render
+    from tests.test_seeds import fake_run
+
+    run = tmp_path / "release"
+    shutil.copytree(finished_run[0], run, ignore=shutil.ignore_patterns("checkpoints"))
+    results = json.loads((run / "results.json").read_text())
+    seeds.record([fake_run(tmp_path / "course", 0, 0.9367, 0.9435, label_smoothing=0.1)], run / "recipes" / "course")
+    seeds.record([run], run / "recipes" / "same")  # a record of the release's own recipe: its row is the release's
+    text = render(run, examples=None)
+    assert "### Recipes compared" in text and "](recipes)" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| course |", "| this release's recipe |"))]
+    assert rows == ["| course | Adam, L2 0.0001, label smoothing 0.1, random flip | 0 | 93.67 % | 94.35 % |",
+                    f"| this release's recipe | {seeds.brief(json.loads((run / 'config.json').read_text())['recipe'])} | 0 | "
+                    f"{100 * results['test_acc']:.2f} % | {100 * results['test_acc_tta']:.2f} % |"]
 
 
 def test_lr_schedule_peaks_at_epoch_5_of_24():

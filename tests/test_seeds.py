@@ -9,10 +9,11 @@ from s10 import seeds
 from tests.conftest import ROOT
 
 
-def fake_run(folder, seed, acc, tta, label_smoothing=0.2):
+def fake_run(folder, seed, acc, tta, label_smoothing=0.2, recipe=None, precision="bf16-mixed"):
     folder.mkdir(parents=True)
-    recipe = {"epochs": 24, "label_smoothing": label_smoothing, "seed": seed, "max_lr": 2.3e-3 + seed * 1e-5}
-    (folder / "config.json").write_text(json.dumps({"recipe": recipe, "args": {"precision": "bf16-mixed"},
+    recipe = {**(recipe or {"epochs": 24, "label_smoothing": label_smoothing}), "seed": seed,
+              "max_lr": 2.3e-3 + seed * 1e-5}
+    (folder / "config.json").write_text(json.dumps({"recipe": recipe, "args": {"precision": precision},
                                                     "hardware": {"cpu_threads": 2, "cpu": "Xeon", "gpu": None}}))
     (folder / "results.json").write_text(json.dumps({"test_acc": acc, "test_acc_tta": tta, "train_time_s": 60}))
     (folder / "metrics.csv").write_text("epoch\n1\n")
@@ -41,8 +42,28 @@ def test_mixed_recipes_and_unfinished_runs_are_refused(tmp_path):
     c = tmp_path / "c"
     c.mkdir()
     for runs, message in (([a, b], "label_smoothing differ"), ([a, c], "not a finished run folder"),
-                          ([a], "at least two")):
+                          ([a, fake_run(tmp_path / "a1", 0, 0.95, 0.955)], "same seed")):
         proc = subprocess.run([sys.executable, "-m", "s10.seeds", *map(str, runs), "--out", str(tmp_path / "o")],
                               capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert seeds.lines(seeds.summarize([a, fake_run(tmp_path / "d", 2, 0.96, 0.965)]))[-1].startswith("| **mean")
+
+
+def test_one_run_is_a_record_without_a_spread(tmp_path):
+    """An earlier release's recipe kept beside the new one: one seed, its figures, no sd and no mean row."""
+    summary = seeds.record([fake_run(tmp_path / "course", 0, 0.9367, 0.9435, label_smoothing=0.1)], tmp_path / "o")
+    assert summary["runs"] == 1 and summary["test_acc"] == {"mean": 0.9367, "sd": None}
+    assert seeds.lines(summary) == ["| seed | test accuracy | flip TTA |", "|---:|---:|---:|", "| 0 | 93.67 % | 94.35 % |"]
+    assert seeds.spread_text(summary["test_acc"]) == "93.67 %"
+
+
+def test_a_record_from_before_a_recipe_field_existed_ran_as_its_default():
+    """The course release's config.json predates the EMA and flip fields: it ran without them, and equals a new run
+    that sets them to their defaults, not to the candidate's."""
+    old = {"epochs": 24, "label_smoothing": 0.1, "seed": 0, "max_lr": 2.31e-3}
+    assert seeds.full_recipe(old) == seeds.full_recipe({**old, "ema_decay": 0.0, "alternating_flip": False,
+                                                        "optimizer": "adam", "seed": 3})
+    assert seeds.full_recipe(old) != seeds.full_recipe({**old, "ema_decay": 0.99})
+    assert seeds.brief(old) == "Adam, L2 0.0001, label smoothing 0.1, random flip"
+    assert seeds.brief({**old, "label_smoothing": 0.2, "ema_decay": 0.99, "alternating_flip": True}) == (
+        "Adam, L2 0.0001, label smoothing 0.2, weight average 0.99 every 5 steps, alternating flip")
