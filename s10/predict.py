@@ -1,6 +1,9 @@
 """Classify image files from the command line, with the app's preprocessing and model loading.
 
     python -m s10.predict photo.jpg [more.png ...] [--top-k 3] [--model release/model | user/repo]
+
+A picture that the model's out-of-distribution detector (config.json `ood`, as in the app) calls none of the ten
+classes gets "(none of the ten?)" after its classes: they are only the closest of the ten.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from s10.inference import MAX_TOP_K, ImageError, check_top_k, load_image, probabilities, to_input, top_k
+from s10.inference import MAX_TOP_K, ImageError, check_top_k, load_image, to_input, top_k
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "release" / "model"
 
@@ -31,7 +34,15 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as err:
         print(f"error: cannot load model {args.model}: {err}", file=sys.stderr)
         return 2
+    from s10.model import calibrated
+    from s10.ood import Detector, features_and_logits
+
     cfg = model.config
+    try:
+        detector = Detector.load(cfg.ood, model_folder(args.model))
+    except (OSError, ValueError) as err:  # the classes are still right; say that the check is off
+        print(f"warning: no out-of-distribution check: {err}", file=sys.stderr)
+        detector = None
     status = 0
     for path in args.images:
         try:
@@ -40,9 +51,23 @@ def main(argv=None) -> int:
             print(f"{path}: error: {err}", file=sys.stderr)
             status = 2
             continue
-        ranked = top_k(probabilities(model, x)[0], cfg.class_names, k)
-        print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))
+        features, logits = features_and_logits(model, x)
+        ranked = top_k(calibrated(logits, cfg.temperature)[0], cfg.class_names, k)
+        odd = detector is not None and bool(detector.fires(features, logits, cfg.temperature)[0])
+        print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked) + (" (none of the ten?)" if odd else ""))
     return status
+
+
+def model_folder(source: str) -> Path | None:
+    """The folder holding the model's files: the folder given, or the Hub snapshot with the detector's statistics."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, allow_patterns=["config.json", "ood.*"]))
+    except Exception:  # offline or gone: Detector.load says the file is missing
+        return None
 
 
 if __name__ == "__main__":

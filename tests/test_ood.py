@@ -156,3 +156,27 @@ def test_the_maps_pass_gives_the_detector_the_same_features(released):
     for classes in (3, [5]):
         _, scores, features = class_maps(cam_model, x, DEFAULT_LAYER, classes, DEFAULT_METHOD, with_features=True)
         assert torch.allclose(features[:1], want_f, atol=1e-4) and torch.allclose(scores[:1], want_logits, atol=1e-4)
+
+
+def test_the_predict_command_flags_a_picture_of_none_of_the_ten(tmp_path):
+    """`python -m s10.predict` reads the same detector as the app: the generated text and the crop of a photo of a
+    person get "(none of the ten?)", the CIFAR-10 examples do not; without the statistics file it still classifies
+    and says the check is off."""
+    import shutil
+    import subprocess
+
+    odd = [tmp_path / "text.png", tmp_path / "hopper.png"]
+    ood_bench.build_set(1, seed=3)["text"][0].save(odd[0])
+    ood_bench.photo_sources()[0].crop((150, 60, 350, 260)).save(odd[1])
+    command = [sys.executable, "-m", "s10.predict", *map(str, odd), *map(str, EXAMPLES[:3]), "--model"]
+    proc = subprocess.run([*command, str(RELEASED)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and proc.stderr.count("warning") == 0, proc.stderr
+    flagged = {line.split(":")[0]: line.endswith("(none of the ten?)") for line in proc.stdout.splitlines()}
+    assert flagged == {**{str(p): True for p in odd}, **{str(p): False for p in EXAMPLES[:3]}}
+
+    folder = tmp_path / "model"
+    shutil.copytree(RELEASED, folder)
+    (folder / "ood.safetensors").unlink()
+    proc = subprocess.run([*command, str(folder)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 5 and "(none of the ten?)" not in proc.stdout
+    assert "warning: no out-of-distribution check" in proc.stderr and "Traceback" not in proc.stderr
