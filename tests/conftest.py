@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,8 @@ class App:
     def client(self):
         from gradio_client import Client
 
-        return Client(self.url, verbose=False)
+        # Into this session's temporary folder (contained_temp_files), not the shared /tmp/gradio.
+        return Client(self.url, verbose=False, download_files=os.path.join(tempfile.gettempdir(), "gradio-client"))
 
     def stop(self):
         self.proc.terminate()
@@ -130,6 +132,17 @@ class App:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def contained_temp_files(tmp_path_factory):
+    """gradio_client stages every file it downloads in a fresh folder of the system's temporary directory and leaves
+    that folder behind, empty (gradio_client 2.x, `_download_file`): thousands of them a run. This process's
+    temporary directory is this session's pytest folder while the tests run (pytest keeps the last three)."""
+    folder = tmp_path_factory.mktemp("tmp")  # the base folder is fixed by now, under the real temporary directory
+    saved, tempfile.tempdir = tempfile.tempdir, str(folder)
+    yield folder
+    tempfile.tempdir = saved
 
 
 @pytest.fixture(scope="session")
