@@ -58,7 +58,7 @@ seeds-record: install
 # The three-seed campaign of a recipe (docs/results.md): one run after another into $(SEEDS)/seed<k>. Run it again to
 # resume: a finished seed is skipped, a stopped one goes on from its last checkpoint.
 SEEDS ?= runs/seeds
-RECIPE ?= --label-smoothing 0.2 --ema-decay 0.99 --ema-every 5 --alternating-flip
+RECIPE ?=
 seeds: install data
 	for k in 0 1 2; do \
 		out=$(SEEDS)/seed$$k; \

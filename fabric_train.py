@@ -286,7 +286,19 @@ def setup_model(run: Run) -> None:
     run.model = run.fabric.setup_module(run.module)
     if run.recipe.ema_decay:
         run.ema = WeightAverage(run.net, run.recipe.ema_decay)  # on the device, beside the network
+        warn_short_average(run.recipe, len(run.train) // run.recipe.batch_size)
     run.mean, run.std = (torch.tensor(v, dtype=torch.float32, device=run.fabric.device) for v in (arch.mean, arch.std))
+
+
+def warn_short_average(recipe, steps_per_epoch: int) -> None:
+    """The published weights are the moving average: in a run too short for it, they are still mostly the initial
+    ones. Say so, with the way out, when more than 1 % of the initial weights would be left at the end."""
+    updates = recipe.epochs * (steps_per_epoch // recipe.ema_every)
+    left = recipe.ema_decay ** updates
+    if left > 0.01:
+        log.warning(f"the moving average of the weights (--ema-decay {recipe.ema_decay:g}, every {recipe.ema_every} "
+                    f"steps) gets {updates} updates in this run and still holds {left:.0%} of the initial weights at "
+                    "the end, and it is what is evaluated and published: for a run this short, pass --ema-decay 0")
 
 
 def setup_optimizer(run: Run) -> None:

@@ -87,7 +87,7 @@ The most confident mistakes (all 100 are in `misclassified.safetensors` + `miscl
   One Cycle and super-convergence: L. N. Smith and N. Topin, [arXiv:1708.07120](https://arxiv.org/abs/1708.07120);
   the LR range test: L. N. Smith, [arXiv:1506.01186](https://arxiv.org/abs/1506.01186); Cutout: T. DeVries and
   G. W. Taylor, [arXiv:1708.04552](https://arxiv.org/abs/1708.04552); label smoothing: C. Szegedy et al.,
-  [arXiv:1512.00567](https://arxiv.org/abs/1512.00567).
+  [arXiv:1512.00567](https://arxiv.org/abs/1512.00567){{ recipe_references }}.
 - Calibration: C. Guo et al., On Calibration of Modern Neural Networks,
   [arXiv:1706.04599](https://arxiv.org/abs/1706.04599).
 - Class activation maps in the Space: Grad-CAM, R. R. Selvaraju et al.,
@@ -184,12 +184,27 @@ def build_card(run: Path, repo_id: str | None = None, settings: project.Settings
         github_url=settings.github_url, space_url=settings.space_url,
         github_repo="/".join(settings.github_url.rstrip("/").split("/")[-2:]), citation=citation(settings),
         recipe="\n".join(recipe_lines(config, results)), table="\n".join(results_table(results)),
+        recipe_references=recipe_references(config["recipe"]),
         per_class=", ".join(f"{c} {pct(a)}" for c, a in results["per_class_acc"].items()),
         ood="\n".join(ood_lines(json.loads((run / "model" / "config.json").read_text()).get("ood") or {},
                                  run / "model")),
         calibration="\n".join(calibration_lines(results, "reliability.png" if (run / "reliability.png").is_file()
                                                  else None)) or "Not measured for this model.",
     )
+
+
+def recipe_references(recipe: dict) -> str:
+    """The sources of the recipe options this run used (none for the course's recipe)."""
+    refs = []
+    if recipe.get("ema_decay"):
+        refs.append("the moving average of the weights: D. Page, [bag of tricks]"
+                    "(https://myrtle.ai/learn/how-to-train-your-resnet-8-bag-of-tricks/)")
+    if recipe.get("alternating_flip"):
+        refs.append("alternating flip: K. Jordan, [arXiv:2404.00498](https://arxiv.org/abs/2404.00498)")
+    if recipe.get("optimizer") == "adamw":
+        refs.append("decoupled weight decay: I. Loshchilov and F. Hutter, "
+                    "[arXiv:1711.05101](https://arxiv.org/abs/1711.05101)")
+    return "".join(f";\n  {ref}" for ref in refs)
 
 
 def write_model_card(run: Path, repo_id: str | None = None) -> Path:

@@ -38,15 +38,23 @@ class Recipe:
                                         "fraction of each weight per unit of LR per step")
     optimizer: str = setting("adam", "adam (the course's) or adamw (decoupled weight decay, Loshchilov & Hutter "
                                      "2019; batch-norm parameters and biases are not decayed)")
-    label_smoothing: float = setting(0.1, "cross-entropy label smoothing of the training loss (Szegedy et al. 2016)")
-    ema_decay: float = setting(0.0, "decay of an exponential moving average of the weights and batch-norm "
-                                    "statistics, updated every --ema-every steps; the final evaluation and the "
-                                    "published weights use it (0: off)")
+    label_smoothing: float = setting(0.2, "cross-entropy label smoothing of the training loss (Szegedy et al. 2016; "
+                                          "the course's: 0.1)")
+    ema_decay: float = setting(0.99, "decay of an exponential moving average of the weights and batch-norm "
+                                     "statistics, updated every --ema-every steps; the final evaluation and the "
+                                     "published weights use it (0: off, the course's)")
     ema_every: int = setting(5, "optimizer steps between two updates of the weights' moving average")
-    alternating_flip: bool = setting(False, "each epoch mirrors exactly the images the previous one did not "
-                                            "(airbench); off: a fresh coin per image and epoch")
+    alternating_flip: bool = setting(True, "each epoch mirrors exactly the images the previous one did not "
+                                           "(airbench); --no-alternating-flip: a fresh coin per image and epoch, "
+                                           "the course's")
     lr_find_steps: int = setting(100, "optimizer steps of the LR range test (--find-lr)")
     seed: int = setting(0, "seeds weights, shuffling and augmentation")
+
+    @classmethod
+    def from_record(cls, recipe: dict) -> "Recipe":
+        """The recipe a config.json records. A field the record predates ran as it did before the field existed
+        (RECORDED_BEFORE: the course's recipe), not as today's default."""
+        return cls(**{**RECORDED_BEFORE, **recipe})
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "lr_find_steps", "ema_every"):
@@ -65,6 +73,10 @@ class Recipe:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
+
+
+# What a run recorded before these fields existed did: Adam, no weight average, a fresh flip coin per image and epoch.
+RECORDED_BEFORE = {"optimizer": "adam", "ema_decay": 0.0, "ema_every": 5, "alternating_flip": False}
 
 
 class S10Module(L.LightningModule):

@@ -76,7 +76,7 @@ def start_or_resume(fabric, args) -> tuple[Any, dict | None, bool]:
     recipe = None
     if error is None:
         saved = start["saved"]
-        recipe = Recipe(**saved["recipe"]) if saved else new_recipe(args)
+        recipe = Recipe.from_record(saved["recipe"]) if saved else new_recipe(args)
         for name, value in (recipe_flags(args) if saved else {}).items():
             if value != getattr(recipe, name) and error is None:
                 error = (f"--resume: the run in {args.out} has --{name.replace('_', '-')} {getattr(recipe, name)}, "

@@ -196,6 +196,9 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
     per_epoch = ("" if precision == "32-true" else f" The table's test columns are measured after each epoch under the "
                  f"run's {precision} autocast; the published figures run the weights in float32, as "
                  "`python -m s10.evaluate` and the app do.")
+    if config["recipe"].get("ema_decay"):
+        per_epoch += (" The table's test columns are the network's own weights after each epoch; the published "
+                      "weights are their moving average.")
     lines += ["", f"Final evaluation of the published weights (float32, all {results['test_images']:,} test images): "
               f"**{pct(results['test_acc'])}**, {pct(results['test_acc_tta'])} with flip TTA.{per_epoch} The full "
               f"log: [`train.log`]({img('train.log')}).", "", "### Curves", "",

@@ -29,12 +29,11 @@ class SeedsError(ValueError):
 
 
 def full_recipe(recipe: dict) -> dict:
-    """A config.json's recipe with the fields it predates filled in with their defaults (a run from before a field
-    existed ran as its default), less the seed and the LR range test's peak LR, which vary by seed."""
+    """A config.json's recipe with every field, those it predates as they ran then (`Recipe.from_record`), less the
+    seed and the LR range test's peak LR, which vary by seed."""
     from s10.module import Recipe
 
-    defaults = {f.name: f.default for f in dataclasses.fields(Recipe)}
-    return {k: v for k, v in {**defaults, **recipe}.items() if k not in ("seed", "max_lr")}
+    return {k: v for k, v in dataclasses.asdict(Recipe.from_record(recipe)).items() if k not in ("seed", "max_lr")}
 
 
 def summarize(runs: list[Path]) -> dict:

@@ -1,5 +1,6 @@
 """The recipe options beyond the course's: a moving average of the weights, decoupled weight decay, alternating flip."""
 
+import dataclasses
 import json
 
 import pytest
@@ -116,6 +117,7 @@ def test_a_run_with_the_weight_average_resumes_to_the_uninterrupted_end(tiny_dat
     assert (recipe["ema_decay"], recipe["optimizer"], recipe["alternating_flip"]) == (0.7, "adamw", True)
     card = (full / "model" / "README.md").read_text()
     assert "moving average of the weights (decay 0.7" in card and "AdamW" in card and "alternating flip" in card
+    assert all(ref in card for ref in ("bag-of-tricks", "arXiv:2404.00498", "arXiv:1711.05101"))  # their sources
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -129,3 +131,44 @@ def test_bad_recipe_options_are_one_line(tiny_data, tmp_path, capfd, flags, mess
     code = fabric_train.cli(["--data", str(tiny_data), "--out", str(tmp_path / "run"), "--smoke", *flags])
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_the_course_recipe_is_reproduced_by_its_documented_flags():
+    """docs/training.md's flags for the course's recipe give exactly the recipe the course release ran (its record in
+    release/recipes/course), but for the seed and the found peak LR; the defaults give the seeds' recipe."""
+    import re
+
+    import fabric_train
+    from s10 import seeds
+    from s10.record import new_recipe
+    from tests.conftest import ROOT
+
+    text = (ROOT / "docs" / "training.md").read_text()
+    flags = re.search(r"\*\*The course's recipe\*\*: `([^`]+)`", text).group(1).split()
+    args = fabric_train.parse_args(["--data", "x", "--out", "y", *flags])
+    course = json.loads((ROOT / "release" / "recipes" / "course" / "seed0" / "config.json").read_text())["recipe"]
+    assert seeds.full_recipe(dataclasses.asdict(new_recipe(args))) == seeds.full_recipe(course)
+    assert seeds.full_recipe(dataclasses.asdict(Recipe())) != seeds.full_recipe(course)
+    summary = ROOT / "release" / "seeds" / "summary.json"
+    if summary.is_file():  # once the seeds are recorded: they ran the default recipe
+        assert json.loads(summary.read_text())["recipe"] == seeds.full_recipe(dataclasses.asdict(Recipe()))
+
+
+def test_a_record_from_before_the_options_resumes_as_it_ran():
+    """A config.json written before the weight average and the alternating flip existed ran without them: a resume
+    keeps it so, whatever today's defaults are."""
+    old = {"epochs": 24, "batch_size": 512, "max_lr": 2.31e-3, "label_smoothing": 0.1, "seed": 0}
+    recipe = Recipe.from_record(old)
+    assert (recipe.ema_decay, recipe.alternating_flip, recipe.optimizer) == (0.0, False, "adam")
+    assert recipe.label_smoothing == 0.1 and recipe.max_lr == 2.31e-3
+    assert Recipe.from_record(dataclasses.asdict(Recipe())) == Recipe()  # a record with every field is itself
+
+
+def test_a_run_too_short_for_the_weight_average_says_so(tiny_data, tmp_path):
+    """The default recipe publishes the moving average; a smoke run gives it too few updates, and the log says how much
+    of the initial weights is left and how to switch it off. Without the average, no warning."""
+    ok(run_train("--data", tiny_data, "--out", tmp_path / "a", *SMOKE, "--epochs", 2))
+    log = (tmp_path / "a" / "train.log").read_text()
+    assert "still holds 100% of the initial weights" in log and "pass --ema-decay 0" in log
+    ok(run_train("--data", tiny_data, "--out", tmp_path / "b", *SMOKE, "--epochs", 2, "--ema-decay", 0))
+    assert "initial weights" not in (tmp_path / "b" / "train.log").read_text()
