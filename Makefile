@@ -10,7 +10,7 @@ RELEASE := release
 .PHONY: gpu-check slurm-test help install test test-fast data train resume seeds seeds-record demo bench report release-record release-recalibrate screenshots publish publish-dry-run clean browser
 
 help:
-	@echo "make install | test | test-fast | data | train | resume | demo | bench | report | screenshots | release-record RUN=... | release-recalibrate | publish-dry-run | publish"
+	@echo "make install | test | test-fast | data | train | resume | demo | bench | report | screenshots | release-record RUN=... | seeds SEEDS=... | seeds-record SEEDS=... | recipe-record NAME=... RUNS=... | release-recalibrate | publish-dry-run | publish"
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
