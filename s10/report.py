@@ -258,8 +258,10 @@ def headline(run: Path) -> str:
     spread = seeds_summary(run)
     if spread and spread["runs"] > 1:
         a, t = spread["test_acc"], spread["test_acc_tta"]
-        text += (f" The recipe over {spread['runs']} seeds: **{pct(a['mean'])} +- {100 * a['sd']:.2f}** "
-                 f"({pct(t['mean'])} +- {100 * t['sd']:.2f} with flip TTA), mean +- sd.")
+        from s10.seeds import spread_text
+
+        text += (f" The recipe over {spread['runs']} seeds: **{spread_text(a)}** ({spread_text(t)} with flip TTA), "
+                 "mean +- sd.")
     cal = results.get("calibration")
     if cal:
         text += (f" Calibrated probabilities: expected calibration error {cal['calibrated']['ece']:.4f} after "
