@@ -172,3 +172,13 @@ def test_a_run_too_short_for_the_weight_average_says_so(tiny_data, tmp_path):
     assert "still holds 100% of the initial weights" in log and "pass --ema-decay 0" in log
     ok(run_train("--data", tiny_data, "--out", tmp_path / "b", *SMOKE, "--epochs", 2, "--ema-decay", 0))
     assert "initial weights" not in (tmp_path / "b" / "train.log").read_text()
+
+
+def test_the_default_recipe_on_the_full_training_set_is_not_warned_short(caplog):
+    """The warning is for smoke runs: the release's own run (24 epochs of 97 steps of 512) is not one."""
+    import fabric_train
+    with caplog.at_level("WARNING"):
+        fabric_train.warn_short_average(Recipe(), 50_000 // Recipe().batch_size)
+        assert not caplog.records
+        fabric_train.warn_short_average(dataclasses.replace(Recipe(), epochs=12), 50_000 // Recipe().batch_size)
+        assert "initial weights" in caplog.text
