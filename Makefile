@@ -78,10 +78,11 @@ recipe-record: install
 report: install
 	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
 
-# Copy a finished run's record and model into release/ (no checkpoint), then write the README's results from it.
-# The seeds' and the earlier recipes' records (release/seeds, release/recipes) stay; s10.report refuses seeds of
-# another recipe than the new release's.
-release-record: install data
+# Copy a finished run's record and model into release/ (no checkpoint), then regenerate from it everything that
+# depends on the weights: the OOD detector, the model card, the CAM benchmark (s10/cam.py's default must be what its
+# rule picks: tests/test_app.py checks), the docs' figures, the README's results and the app's screenshots. The seeds'
+# and the earlier recipes' records (release/seeds, release/recipes) stay; s10.report refuses seeds of another recipe.
+release-record: install data browser
 	test -f $(RUN)/results.json
 	mkdir -p $(RELEASE) && find $(RELEASE) -mindepth 1 -maxdepth 1 ! -name seeds ! -name recipes -exec rm -rf {} +
 	cp -r $(RUN)/. $(RELEASE)/
@@ -89,7 +90,10 @@ release-record: install data
 	$(PY) bench/ood.py --data $(DATA) --model $(RELEASE)/model --json bench/results/ood.json \
 		--samples docs/images/ood_kinds.png --ship
 	$(PY) -m hub.card $(RELEASE)
+	$(PY) bench/cam_faithfulness.py --data $(DATA) --json bench/results/cam_faithfulness.json
+	$(PY) bench/render.py
 	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
+	$(PY) docs/screenshots.py
 
 # Measure the release's committed weights again and write what the evaluation adds since (calibration) into its
 # record, model card and README; model.safetensors is not rewritten.

@@ -498,7 +498,10 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps", delet
         slider.release(refresh, inputs, outputs, api_visibility="private", concurrency_limit=CONCURRENCY)
     for dropdown in (layer, method, target):
         dropdown.change(refresh, inputs, outputs, api_visibility="private", concurrency_limit=CONCURRENCY)
-    show_cam.change(lambda on: [gr.update(visible=on)] * 2, show_cam, [cam_controls, cam_gallery], api_visibility="private") \
+    def visible_pair(on):
+        return [gr.update(visible=on)] * 2
+
+    show_cam.change(visible_pair, show_cam, [cam_controls, cam_gallery], api_visibility="private") \
         .then(refresh, inputs, outputs, api_visibility="private", concurrency_limit=CONCURRENCY)
     gr.Button("Top-k only", visible=False).click(predict, [image, k], label, api_name="predict")
 
@@ -507,7 +510,7 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps", delet
     def refresh_mistakes(on, *controls):
         return misclassified(*controls) if on else []
 
-    show_mis.change(lambda on: [gr.update(visible=on)] * 2, show_mis, [mis_controls, mis_gallery], api_visibility="private") \
+    show_mis.change(visible_pair, show_mis, [mis_controls, mis_gallery], api_visibility="private") \
         .then(refresh_mistakes, [show_mis, *mis_inputs], mis_gallery, api_visibility="private")
     for control in (mis_count.release, mis_cam.change, layer.change, opacity.release, method.change):
         control(refresh_mistakes, [show_mis, *mis_inputs], mis_gallery, api_visibility="private")

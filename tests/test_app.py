@@ -545,8 +545,8 @@ def test_the_space_readme_python_snippet_runs_against_the_server(server, tmp_pat
     section = text.split("## Use it from Python", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert 'Client("s10-project/s10-gradcam")' in code and '"cat.jpg"' in code
-    code = code.replace('Client("s10-project/s10-gradcam")', f'Client("{server.url}", verbose=False)') \
-        .replace('"cat.jpg"', repr(str(EXAMPLES[3])))
+    here = f'Client("{server.url}", verbose=False, download_files={str(tmp_path)!r})'
+    code = code.replace('Client("s10-project/s10-gradcam")', here).replace('"cat.jpg"', repr(str(EXAMPLES[3])))
     exec(compile(code, "space/README.md", "exec"), {})
     printed = capsys.readouterr().out.strip()
     names = __import__("json").loads((ROOT / "release" / "model" / "config.json").read_text())["class_names"]
