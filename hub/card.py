@@ -40,7 +40,9 @@ print(classify(model, "cat.jpg", k=3))  # the 3 most likely classes, with calibr
 `classify` takes any picture file (or PIL image) and prepares it as the network was trained: upright, on white where
 transparent, centre-cropped to a square, shrunk to 32x32, normalised with the config's mean and std.
 `config.json` carries the class names, normalisation mean and std, input size, the layer names a CAM can use, the
-temperature that calibrates the probabilities, and these results. From the GitHub repository,
+temperature that calibrates the probabilities, and these results. `classify` ranks the ten classes only; from the
+command line, `python -m s10.predict photo.jpg --model {{ repo_id }}` also runs the out-of-distribution detector
+below and marks a picture it calls none of the ten with "(none of the ten?)". From the GitHub repository,
 `torch.hub.load("{{ github_repo }}", "s10_cifar10")` returns the same model. Try it in the Space: {{ space_url }}.
 
 ## Training

@@ -365,7 +365,8 @@ def test_card_metadata_reads_back_as_the_hub_reads_it(tmp_path):
 
 def test_the_model_card_snippet_runs_as_written(tmp_path):
     """The card's Python snippet, as written, in a fresh directory holding a cat.jpg, with the Hub offline and the
-    model repo in the HF cache (the layout hf_hub_download leaves): it prints calibrated top-3 labels."""
+    model repo in the HF cache (the layout hf_hub_download leaves): it prints calibrated top-3 labels. The card's
+    command line too, which adds the detector's mark."""
     from tests.test_app_service import prefill_hf_cache
 
     text = (RELEASE / "model" / "README.md").read_text()
@@ -385,3 +386,23 @@ def test_the_model_card_snippet_runs_as_written(tmp_path):
     names = json.loads((RELEASE / "model" / "config.json").read_text())["class_names"]
     assert len(top) == 3 and all(label in names for label, _ in top) and top[0][0] == "cat"
     assert 0 < sum(p for _, p in top) <= 1 + 1e-6 and top[0][1] >= top[1][1] >= top[2][1]
+
+    # The card's command line, as written, from the same cache: the detector's statistics come with the model, so a
+    # picture of none of the ten is marked and the cat is not.
+    command = re.search(r"`(python -m s10\.predict [^`]+)`", text).group(1).split()
+    assert command[3:] == ["photo.jpg", "--model", repo_id], command
+    shutil.copy(work / "cat.jpg", work / "photo.jpg")
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+    def run():
+        return subprocess.run([sys.executable, *command[1:]], cwd=work, capture_output=True, text=True, timeout=120,
+                              env=env)
+
+    proc = run()
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stdout.startswith("photo.jpg: cat ") and "(none of the ten?)" not in proc.stdout, proc.stdout
+    from tests.test_ood import ood_bench  # bench/ood.py's generated pictures
+
+    ood_bench.build_set(1, seed=3)["text"][0].save(work / "photo.jpg")
+    proc = run()
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("(none of the ten?)"), (proc.stdout, proc.stderr)
