@@ -60,8 +60,9 @@ def default_precision(device_type: str) -> str:
     """bf16-mixed where the device computes in bf16 natively, else 16-mixed on a GPU and 32-true on a CPU.
 
     GPU: `is_bf16_supported(including_emulation=False)` (Ampere and newer); a T4 or V100 only emulates bf16 and gets
-    16-mixed. CPU: native bf16 means AVX512-BF16 or AMX; there bf16 autocast runs an S10 step about twice as fast as
-    float32 (docs/speed.md), while on a CPU without it, it runs many times slower."""
+    16-mixed. CPU: native bf16 means AVX512-BF16 or AMX; without it, bf16 autocast is emulated and much slower than
+    float32. With it, bf16 is usually the faster, but not on every CPU that has the flag: bench/train_throughput.py
+    measures both on the machine at hand (docs/speed.md), and `--precision 32-true` overrides."""
     if device_type == "cuda":
         return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
     if device_type == "cpu":
