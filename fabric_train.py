@@ -120,8 +120,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         else:
             shown = f"{f.default:g}" if isinstance(f.default, (int, float)) else f.default
             group.add_argument(flag, type=type(f.default), default=None, help=f"{f.metadata['help']} (default {shown})")
-    p.add_argument("--precision", help=f"{', '.join(PRECISIONS)}; default: bf16-mixed where the device has native "
-                   "bf16, else 16-mixed on a GPU and 32-true on a CPU (see docs/training.md: Precision)")
+    p.add_argument("--precision", help=f"{', '.join(PRECISIONS)}; default: bf16-mixed where the device computes "
+                   "bf16 natively and fast, else 16-mixed on a GPU and 32-true on a CPU (docs/training.md: Precision)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (first steps are slower)")
     p.add_argument("--accelerator", default="auto", choices=ACCELERATORS)
     p.add_argument("--devices", default="auto", help="'auto' (every GPU, else 1 CPU process), a count, or a comma "

@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from s10.hardware import Cpu  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 KIND_NAMES = {"predict": "predict (top 3)", "explain": "explain, no maps", "explain+maps": "explain + 3 maps",
@@ -123,6 +127,20 @@ def train_throughput(r: dict) -> list[str]:
     return lines
 
 
+def train_precision_by_cpu(r: dict) -> list[str]:
+    lines = [f"`{r['command']}`: our training loop's images/s in each precision, one row per CPU kind (the newest "
+             "run of each), and the precision the trainer picks there by default.", "",
+             "| CPU | vendor, family | flags | 32-true (images/s) | bf16-mixed (images/s) | bf16-mixed / 32-true "
+             "| default | date |", "|---|---|---|---:|---:|---:|---|---|"]
+    for c in r["cpus"]:
+        fast = Cpu(name=c["name"], vendor=c["vendor"], family=c["family"], flags=frozenset(c["flags"])).fast_bf16
+        rates = c["images_per_s"]
+        lines.append(f"| {c['name']} | {c['vendor']}, {c['family']} | {' '.join(c['flags'])} | {rates['32-true']:.1f} "
+                     f"| {rates['bf16-mixed']:.1f} | {c['bf16_speedup']:.2f}x | {'bf16-mixed' if fast else '32-true'} "
+                     f"| {c['date']} |")
+    return lines
+
+
 def ood(r: dict) -> list[str]:
     kinds, held = r["kinds"], r["held_out"]
     names = {"msp": "max softmax (the low-confidence hint)", "energy": "energy", "mahalanobis": "Mahalanobis",
@@ -150,7 +168,7 @@ def ood(r: dict) -> list[str]:
     return lines
 
 
-RENDERERS = {"train_throughput": train_throughput, "app_load": app_load, "app_latency": app_latency,
+RENDERERS = {"train_throughput": train_throughput, "train_precision_by_cpu": train_precision_by_cpu, "app_load": app_load, "app_latency": app_latency,
              "cam_faithfulness": cam_faithfulness, "ood": ood}
 
 

@@ -28,6 +28,13 @@ class Cpu:
     def native_bf16(self) -> bool:
         return bool(self.flags & set(BF16_FLAGS))
 
+    @property
+    def fast_bf16(self) -> bool:
+        """bf16 autocast trains faster than float32 here, by the CPUs measured (docs/speed.md, "Precision by CPU"):
+        with AMX tiles, and with AVX512-BF16 on AMD (Zen 4 and newer); Intel's AVX512-BF16 without AMX, the same
+        oneDNN kernels, ran slower than its float32 ones."""
+        return "amx_bf16" in self.flags or ("avx512_bf16" in self.flags and self.vendor == "AuthenticAMD")
+
     def describe(self) -> str:
         """One line for a benchmark's or a run's header: name, cores, the flags that matter."""
         shown = [f for f in SHOWN_FLAGS if f in self.flags]
@@ -57,16 +64,18 @@ def cpu() -> Cpu:
 
 
 def default_precision(device_type: str) -> str:
-    """bf16-mixed where the device computes in bf16 natively, else 16-mixed on a GPU and 32-true on a CPU.
+    """The faster precision the device trains in: bf16-mixed where it computes in bf16 natively and fast, else
+    16-mixed on a GPU and 32-true on a CPU.
 
     GPU: `is_bf16_supported(including_emulation=False)` (Ampere and newer); a T4 or V100 only emulates bf16 and gets
-    16-mixed. CPU: native bf16 means AVX512-BF16 or AMX; without it, bf16 autocast is emulated and much slower than
-    float32. With it, bf16 is usually the faster, but not on every CPU that has the flag: bench/train_throughput.py
-    measures both on the machine at hand (docs/speed.md), and `--precision 32-true` overrides."""
+    16-mixed. CPU: `Cpu.fast_bf16`, a rule from the flags and the vendor that tests/test_train.py checks against every
+    CPU in bench/results/train_precision_by_cpu.json; without native bf16, autocast is emulated and much slower than
+    float32. bench/train_throughput.py measures both on the machine at hand and adds it to that table; `--precision`
+    overrides."""
     if device_type == "cuda":
         return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
     if device_type == "cpu":
-        return "bf16-mixed" if cpu().native_bf16 else "32-true"
+        return "bf16-mixed" if cpu().fast_bf16 else "32-true"
     return "32-true"
 
 

@@ -113,16 +113,18 @@ def test_lr_range_test_on_two_processes_runs_in_lockstep(tiny_data, tmp_path):
     assert "LR range test: " in (run / "train.log").read_text()
 
 
-@pytest.mark.parametrize("device, cuda_native_bf16, cpu_flags, expected", [
-    ("cuda", True, set(), "bf16-mixed"),  # A100, H100, RTX 30xx and newer
-    ("cuda", False, set(), "16-mixed"),  # T4, V100: bf16 only emulated
-    ("cpu", False, {"avx2", "avx512f", "avx512_bf16"}, "bf16-mixed"),  # Zen 4, Cooper Lake
-    ("cpu", False, {"avx2", "amx_bf16", "amx_tile"}, "bf16-mixed"),  # Sapphire Rapids and newer
-    ("cpu", False, {"avx2", "avx512f"}, "32-true"),  # AVX-512 without bf16: autocast would be many times slower
-    ("cpu", False, set(), "32-true"),
-    ("mps", False, set(), "32-true"),
+@pytest.mark.parametrize("device, cuda_native_bf16, vendor, cpu_flags, expected", [
+    ("cuda", True, "", set(), "bf16-mixed"),  # A100, H100, RTX 30xx and newer
+    ("cuda", False, "", set(), "16-mixed"),  # T4, V100: bf16 only emulated
+    ("cpu", False, "AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, "bf16-mixed"),  # Zen 4 and newer
+    ("cpu", False, "GenuineIntel", {"avx2", "avx512f", "avx512_bf16"}, "32-true"),  # Cooper Lake, AMX hidden
+    ("cpu", False, "GenuineIntel", {"avx2", "avx512_bf16", "amx_bf16", "amx_tile"}, "bf16-mixed"),  # Sapphire R.
+    ("cpu", False, "AuthenticAMD", {"avx2", "avx512f"}, "32-true"),  # no bf16: autocast would be many times slower
+    ("cpu", False, "", set(), "32-true"),
+    ("mps", False, "", set(), "32-true"),
 ])
-def test_default_precision_follows_native_support(monkeypatch, device, cuda_native_bf16, cpu_flags, expected):
+def test_default_precision_follows_native_support(monkeypatch, device, cuda_native_bf16, vendor, cpu_flags,
+                                                  expected):
     import fabric_train
 
     asked = {}
@@ -132,19 +134,35 @@ def test_default_precision_follows_native_support(monkeypatch, device, cuda_nati
         return cuda_native_bf16 or including_emulation
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
-    monkeypatch.setattr(fabric_train.hardware, "cpu", lambda: fabric_train.hardware.Cpu(flags=frozenset(cpu_flags)))
+    monkeypatch.setattr(fabric_train.hardware, "cpu",
+                        lambda: fabric_train.hardware.Cpu(vendor=vendor, flags=frozenset(cpu_flags)))
     assert fabric_train.hardware.default_precision(device) == expected
     if device == "cuda":
         assert asked == {"including_emulation": False}
 
 
+def test_cpu_default_precision_is_the_faster_on_every_cpu_measured():
+    """The rule behind the CPU default, against the benchmark's table of measured CPUs (docs/speed.md): on each, it
+    picks bf16-mixed exactly where bf16-mixed trained faster than float32."""
+    from s10.hardware import Cpu
+
+    cpus = json.loads((ROOT / "bench" / "results" / "train_precision_by_cpu.json").read_text())["cpus"]
+    assert {c["bf16_speedup"] > 1 for c in cpus} == {True, False}  # the table holds both outcomes
+    for c in cpus:
+        rates = c["images_per_s"]
+        assert c["bf16_speedup"] == pytest.approx(rates["bf16-mixed"] / rates["32-true"], abs=0.01)
+        cpu = Cpu(name=c["name"], vendor=c["vendor"], family=c["family"], flags=frozenset(c["flags"]))
+        assert cpu.fast_bf16 == (rates["bf16-mixed"] > rates["32-true"]), c
+
+
 def test_default_precision_on_this_machine(tiny_data, tmp_path):
-    """No --precision: the run records what this CPU gets (bf16-mixed with AVX512-BF16 or AMX, else 32-true)."""
+    """No --precision: the run records what this CPU gets (`Cpu.fast_bf16`: bf16-mixed with AMX, or AVX512-BF16 on
+    AMD; else 32-true)."""
     import fabric_train
 
     run = tmp_path / "run"
     ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--epochs", 1, "--no-checkpoint", script=PROBE))
-    native = fabric_train.hardware.cpu().native_bf16
+    native = fabric_train.hardware.cpu().fast_bf16
     config = json.loads((run / "config.json").read_text())
     assert config["args"]["precision"] == ("bf16-mixed" if native else "32-true")
     assert probe(run)["dtypes"]["training_step"] == ["bfloat16" if native else "float32"]
