@@ -287,7 +287,7 @@ def main() -> None:
         print(f"wrote {args.json}")
         if accelerator == "cpu" and speedup is not None:
             table = args.json.with_name("train_precision_by_cpu.json")
-            record_cpu(table, info, {r["precision"]: r["ours"] for r in rows}, speedup, torch.__version__)
+            record_cpu(table, info, {r["precision"]: r["ours"] for r in rows}, torch.__version__)
             print(f"wrote this CPU's row of {table}")
 
 
@@ -295,15 +295,14 @@ def cpu_kind(row: dict) -> tuple:
     return row["name"], row["vendor"], row["family"], row["flags"]
 
 
-def record_cpu(path: Path, info: hardware.Cpu, rates: dict, speedup: float, torch_version: str) -> None:
+def record_cpu(path: Path, info: hardware.Cpu, rates: dict, torch_version: str) -> None:
     """Add (or replace) this CPU's row in the table of bf16-mixed against 32-true by CPU, which tests/test_train.py
     holds `hardware.default_precision`'s rule to: one row per CPU kind (name, vendor, family, the flags that matter)."""
     import json
 
     flags = sorted(f for f in hardware.SHOWN_FLAGS if f in info.flags)
     row = {"name": info.name, "vendor": info.vendor, "family": info.family, "flags": flags,
-           "images_per_s": {k: rates[k] for k in ("32-true", "bf16-mixed")}, "bf16_speedup": speedup,
-           "torch": torch_version, "date": time.strftime("%Y-%m-%d")}
+           "images_per_s": {k: rates[k] for k in ("32-true", "bf16-mixed")}, "torch": torch_version, "date": time.strftime("%Y-%m-%d")}
     rows = json.loads(path.read_text())["cpus"] if path.exists() else []
     rows = [r for r in rows if cpu_kind(r) != cpu_kind(row)] + [row]
     path.write_text(json.dumps({"command": "python bench/train_throughput.py --data .data/cifar10 --json "

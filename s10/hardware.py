@@ -35,6 +35,11 @@ class Cpu:
         oneDNN kernels, ran slower than its float32 ones."""
         return "amx_bf16" in self.flags or ("avx512_bf16" in self.flags and self.vendor == "AuthenticAMD")
 
+    @classmethod
+    def from_row(cls, row: dict) -> "Cpu":
+        """The CPU of a row of bench/results/train_precision_by_cpu.json (name, vendor, family, flags)."""
+        return cls(name=row["name"], vendor=row["vendor"], family=row["family"], flags=frozenset(row["flags"]))
+
     def describe(self) -> str:
         """One line for a benchmark's or a run's header: name, cores, the flags that matter."""
         shown = [f for f in SHOWN_FLAGS if f in self.flags]
