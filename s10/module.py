@@ -40,9 +40,9 @@ class Recipe:
                                      "2019; batch-norm parameters and biases are not decayed)")
     label_smoothing: float = setting(0.2, "cross-entropy label smoothing of the training loss (Szegedy et al. 2016; "
                                           "the course's: 0.1)")
-    ema_decay: float = setting(0.99, "decay of an exponential moving average of the weights and batch-norm "
-                                     "statistics, updated every --ema-every steps; the final evaluation and the "
-                                     "published weights use it (0: off, the course's)")
+    ema_decay: float = setting(0.0, "decay of an exponential moving average of the weights and batch-norm "
+                                    "statistics, updated every --ema-every steps; the final evaluation and the "
+                                    "published weights use it (0: off, the default and the course's; Page's: 0.99)")
     ema_every: int = setting(5, "optimizer steps between two updates of the weights' moving average")
     alternating_flip: bool = setting(True, "each epoch mirrors exactly the images the previous one did not "
                                            "(airbench); --no-alternating-flip: a fresh coin per image and epoch, "

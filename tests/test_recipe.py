@@ -133,6 +133,22 @@ def test_bad_recipe_options_are_one_line(tiny_data, tmp_path, capfd, flags, mess
     assert code == 2 and len(err) == 1 and message in err[0], err
 
 
+def test_the_weight_average_only_observes_the_training(tiny_data, tmp_path):
+    """The moving average reads the network and never feeds back: a run with it trains exactly the network of the
+    same run without it (the checkpoints' own weights agree bit for bit), so the two publish different weights of
+    one trajectory, and comparing them compares nothing else."""
+    flags = [*SMOKE, "--epochs", 2, "--ema-every", 1]
+    ok(run_train("--data", tiny_data, "--out", tmp_path / "off", *flags, "--ema-decay", 0))
+    ok(run_train("--data", tiny_data, "--out", tmp_path / "on", *flags, "--ema-decay", 0.7))
+    off, on = (torch.load(tmp_path / k / "checkpoints" / "last.ckpt", weights_only=False) for k in ("off", "on"))
+    assert "ema" not in off and "ema" in on
+    for k, v in off["model"].items():
+        assert torch.equal(on["model"][k], v), k
+    assert not all(torch.equal(on["ema"][k], v) for k, v in off["model"].items())
+    rows = [json.loads((tmp_path / k / "config.json").read_text())["recipe"]["ema_decay"] for k in ("off", "on")]
+    assert rows == [0.0, 0.7]
+
+
 def test_the_course_recipe_is_reproduced_by_its_documented_flags():
     """docs/training.md's flags for the course's recipe give exactly the recipe the course release ran (its record in
     release/recipes/course), but for the seed and the found peak LR; the defaults give the seeds' recipe."""
@@ -165,20 +181,22 @@ def test_a_record_from_before_the_options_resumes_as_it_ran():
 
 
 def test_a_run_too_short_for_the_weight_average_says_so(tiny_data, tmp_path):
-    """The default recipe publishes the moving average; a smoke run gives it too few updates, and the log says how much
-    of the initial weights is left and how to switch it off. Without the average, no warning."""
-    ok(run_train("--data", tiny_data, "--out", tmp_path / "a", *SMOKE, "--epochs", 2))
+    """With the moving average on, a smoke run gives it too few updates, and the log says how much of the initial
+    weights is left and how to switch it off. Without the average, no warning."""
+    ok(run_train("--data", tiny_data, "--out", tmp_path / "a", *SMOKE, "--epochs", 2, "--ema-decay", 0.99))
     log = (tmp_path / "a" / "train.log").read_text()
     assert "still holds 100% of the initial weights" in log and "pass --ema-decay 0" in log
     ok(run_train("--data", tiny_data, "--out", tmp_path / "b", *SMOKE, "--epochs", 2, "--ema-decay", 0))
     assert "initial weights" not in (tmp_path / "b" / "train.log").read_text()
 
 
-def test_the_default_recipe_on_the_full_training_set_is_not_warned_short(caplog):
-    """The warning is for smoke runs: the release's own run (24 epochs of 97 steps of 512) is not one."""
+def test_the_average_on_the_full_training_set_is_not_warned_short(caplog):
+    """The warning is for smoke runs: Page's average (0.99 every 5 steps) over a full run (24 epochs of 97 steps of
+    512) is not one."""
     import fabric_train
+    pages = Recipe(ema_decay=0.99, ema_every=5)
     with caplog.at_level("WARNING"):
-        fabric_train.warn_short_average(Recipe(), 50_000 // Recipe().batch_size)
+        fabric_train.warn_short_average(pages, 50_000 // pages.batch_size)
         assert not caplog.records
-        fabric_train.warn_short_average(dataclasses.replace(Recipe(), epochs=12), 50_000 // Recipe().batch_size)
+        fabric_train.warn_short_average(dataclasses.replace(pages, epochs=12), 50_000 // pages.batch_size)
         assert "initial weights" in caplog.text
