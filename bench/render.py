@@ -167,8 +167,25 @@ def ood(r: dict) -> list[str]:
     return lines
 
 
+def weight_average(r: dict) -> list[str]:
+    rec = r["recipe"]
+    lines = [f"`python bench/weight_average.py RUN --json bench/results/weight_average.json` ({r['date']}; "
+             f"{r['machine']}; torch {r['torch']}): one run of seed {rec['seed']}, {rec['epochs']} epochs, "
+             f"peak LR {rec['max_lr']:.3g}, label smoothing {rec['label_smoothing']:g}"
+             f"{', alternating flip' if rec['alternating_flip'] else ''}, {r['precision']}, with the average "
+             f"{rec['ema_decay']:g} every {rec['ema_every']} steps; the average only observes the training, so both "
+             "rows are the same trajectory. Training set: its "
+             f"{r['train_images']:,} images un-augmented, cross-entropy without smoothing.", "",
+             "| weights | training loss | training accuracy | test accuracy (not used to choose) |",
+             "|---|---:|---:|---:|"]
+    for name, row in r["train"].items():
+        lines.append(f"| {name} | {row['loss']:.4f} | {100 * row['acc']:.2f} % | {100 * r['test_acc'][name]:.2f} % |")
+    return lines
+
+
 RENDERERS = {"train_throughput": train_throughput, "train_precision_by_cpu": train_precision_by_cpu,
-             "app_load": app_load, "app_latency": app_latency, "cam_faithfulness": cam_faithfulness, "ood": ood}
+             "app_load": app_load, "app_latency": app_latency, "cam_faithfulness": cam_faithfulness, "ood": ood,
+             "weight_average": weight_average}
 
 
 def render(name: str) -> str:
