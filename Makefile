@@ -39,7 +39,7 @@ data:
 	fi
 
 test: install browser data
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm" --durations=15
 
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm and not slow and not browser"
