@@ -15,8 +15,10 @@ torch.utils.flop_counter, a multiply-add = 2 FLOPs); achieved TFLOP/s and the fr
 bf16-mixed against 32-true. The peak: on a GPU, from a table of dense tensor-core figures by device name; on a CPU,
 cores x clock x FLOPs per cycle, with FLOPs per cycle = 2 FMA pipes x (SIMD datapath / 32 bits) x 2 (a multiply-add),
 x 2 for bf16 with AVX512-BF16 (a pair of bf16 products per fp32 lane). The datapath is 512 bits with AVX-512, except
-on AMD Zen 4 (family 25), which runs AVX-512 on 256-bit units; 256 bits with AVX2. AMX tiles are not counted. The
-clock is measured, not read: /proc/cpuinfo (and a VM's) shows the nominal clock, while the cores boost above it, so a
+on AMD Zen 4 (family 25), which runs AVX-512 on 256-bit units; 256 bits with AVX2. bf16-mixed on a CPU with AMX
+tiles: oneDNN runs the convolutions there (`avx10_1_512_amx` kernels in `ONEDNN_VERBOSE=1`), so the peak is the tile
+unit's, 1024 bf16 FLOPs per cycle and core (one 16x16x32 tile multiply-add, 8,192 multiply-adds, every 16 cycles).
+The clock is measured, not read: /proc/cpuinfo (and a VM's) shows the nominal clock, while the cores boost above it, so a
 chain of dependent integer adds (one per cycle) is timed on every core at once, compiled with the system's C compiler
 (the nominal clock is used when there is none).
 
@@ -150,9 +152,12 @@ def cpu_peak_tflops(precision: str, info: hardware.Cpu, cores: int, ghz: float) 
     else:
         width = 256 if "avx2" in flags else 128
     per_cycle = 2 * (width // 32) * 2
-    if precision == "bf16-mixed" and flags & {"avx512_bf16", "amx_bf16"}:
+    unit = f"{width}-bit datapath, 2 FMA pipes"
+    if precision == "bf16-mixed" and "amx_bf16" in flags:
+        per_cycle, unit = 1024, "AMX tile unit: a 16x16x32 bf16 multiply-add every 16 cycles"
+    elif precision == "bf16-mixed" and "avx512_bf16" in flags:
         per_cycle *= 2
-    rule = f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOPs/cycle ({width}-bit datapath, 2 FMA pipes)"
+    rule = f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOPs/cycle ({unit})"
     return cores * ghz * per_cycle / 1e3, rule
 
 

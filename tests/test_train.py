@@ -153,6 +153,28 @@ def test_cpu_default_precision_is_the_faster_on_every_cpu_measured():
         assert Cpu.from_row(c).fast_bf16 == bf16_faster, c
 
 
+@pytest.mark.parametrize("vendor, family, cpu_flags, precision, flops_per_cycle", [
+    ("GenuineIntel", 6, {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "bf16-mixed", 1024),  # oneDNN runs AMX
+    ("GenuineIntel", 6, {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "32-true", 64),  # AMX has no float32
+    ("GenuineIntel", 6, {"avx2", "avx512f", "avx512_bf16"}, "bf16-mixed", 128),  # AVX512-BF16 pairs
+    ("AuthenticAMD", 25, {"avx2", "avx512f", "avx512_bf16"}, "bf16-mixed", 64),  # Zen 4: 256-bit units
+    ("AuthenticAMD", 23, {"avx2"}, "32-true", 32),
+])
+def test_cpu_peak_counts_the_unit_that_does_the_arithmetic(vendor, family, cpu_flags, precision, flops_per_cycle):
+    """The benchmark's fraction of peak: with AMX, bf16 convolutions run on the tile unit (1024 FLOPs a cycle and
+    core), so an AVX-512 peak would let an AMX machine's bf16 run read as near its peak while it uses a tenth."""
+    import importlib.util
+
+    from s10.hardware import Cpu
+
+    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "bench" / "train_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    peak, rule = bench.cpu_peak_tflops(precision, Cpu(vendor=vendor, family=family, flags=frozenset(cpu_flags)), 2,
+                                       1.0)
+    assert peak == pytest.approx(2 * flops_per_cycle / 1e3) and f"x {flops_per_cycle} FLOPs/cycle" in rule
+
+
 def test_default_precision_on_this_machine(tiny_data, tmp_path):
     """No --precision: the run records what this CPU gets (`Cpu.fast_bf16`: bf16-mixed with AMX, or AVX512-BF16 on
     AMD; else 32-true)."""
