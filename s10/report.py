@@ -163,7 +163,7 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
         lines += ["", f"### The recipe over {spread['runs']} seeds", "",
                   f"The same recipe and precision with seeds {', '.join(str(s['seed']) for s in spread['seeds'])} "
                   f"(records in [`seeds/`]({img('seeds')}); trained on {'; '.join(spread['hardware'])}):", "",
-                  *seeds.lines(spread)]
+                  *seeds.lines(spread), "", seeds.aim_line(spread)]
     others = recipes(run)
     if others:
         from s10 import seeds

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 
 RECORD = ("config.json", "results.json", "metrics.csv", "train.log")
+AIM = 0.945  # the project's aim for the default recipe: mean plain test accuracy, a fraction (SPEC.md, issue 25)
+AIM_SEEDS = 3  # over this many seeds
 
 
 class SeedsError(ValueError):
@@ -99,6 +101,20 @@ def lines(summary: dict) -> list[str]:
         out.append(f"| **mean +- sd over {summary['runs']} seeds** | **{spread_text(summary['test_acc'])}** | "
                    f"**{spread_text(summary['test_acc_tta'])}** |")
     return out
+
+
+def aim_line(summary: dict) -> str:
+    """The project's aim against a recipe's seeds: reached, or by how many points it falls short, and on how many
+    seeds of the aim's."""
+    mean, runs = summary["test_acc"]["mean"], summary["runs"]
+    aim = f"The project's aim, a mean plain test accuracy of at least {100 * AIM:.2f} % over {AIM_SEEDS} seeds: "
+    if mean < AIM:
+        aim += f"**not reached**, {100 * (AIM - mean):.2f} points short"
+    else:
+        aim += "**reached**"
+    if runs < AIM_SEEDS:
+        aim += f" (so far: {runs} of the {AIM_SEEDS} seeds)"
+    return aim + "."
 
 
 def brief(recipe: dict) -> str:

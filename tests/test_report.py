@@ -216,6 +216,7 @@ def test_report_renders_the_seeds_spread_when_the_release_has_one(finished_run, 
     text = render(run, examples=None)
     assert "| **mean +- sd over 3 seeds** | **94.07 % +- 0.23** | **94.57 % +- 0.23** |" in text
     assert "](seeds)" in text and "Recipes compared" not in text
+    assert "of at least 94.50 % over 3 seeds: **not reached**, 0.43 points short." in text
 
     # Another recipe's seeds are not printed as this release's: a clear error, exit 2.
     other = [fake_run(tmp_path / f"o{k}", k, 0.95, 0.955) for k in range(2)]

@@ -67,3 +67,12 @@ def test_a_record_from_before_a_recipe_field_existed_ran_as_its_default():
     assert seeds.brief(old) == "Adam, L2 0.0001, label smoothing 0.1, random flip"
     assert seeds.brief({**old, "label_smoothing": 0.2, "ema_decay": 0.99, "alternating_flip": True}) == (
         "Adam, L2 0.0001, label smoothing 0.2, weight average 0.99 every 5 steps, alternating flip")
+
+
+def test_the_aim_is_said_reached_only_at_its_mean_and_said_short_by_how_much(tmp_path):
+    """The line under the seeds' table: the project's aim (94.50 % mean over 3 seeds) against the measured mean."""
+    short = seeds.summarize([fake_run(tmp_path / f"a{k}", k, acc, 0.95) for k, acc in enumerate([0.9371, 0.9380,
+                                                                                                   0.9362])])
+    assert "**not reached**, 0.79 points short." in seeds.aim_line(short)
+    reached = seeds.summarize([fake_run(tmp_path / f"b{k}", k, 0.9450 + k * 1e-4, 0.95) for k in range(2)])
+    assert seeds.aim_line(reached).endswith("**reached** (so far: 2 of the 3 seeds).")
