@@ -180,7 +180,9 @@ def weight_average(r: dict) -> list[str]:
              "|---|---:|---:|---:|"]
     for name, row in r["train"].items():
         lines.append(f"| {name} | {row['loss']:.4f} | {100 * row['acc']:.2f} % | {100 * r['test_acc'][name]:.2f} % |")
-    return lines
+    return lines + ["", "The test column, copied from the run's record: the last weights' is the last epoch's test "
+                    f"pass under the run's {r['precision']} autocast (metrics.csv), the average's the final "
+                    "evaluation of the published weights in float32 (results.json)."]
 
 
 RENDERERS = {"train_throughput": train_throughput, "train_precision_by_cpu": train_precision_by_cpu,
