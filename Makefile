@@ -50,9 +50,11 @@ train: install data
 resume: install data
 	$(PY) fabric_train.py --data $(DATA) --out $(RUN) --find-lr --resume
 
-# The finished seeds' records (no weights) and their spread into release/seeds/, then into the README and results.
+# The finished seeds' records (no weights) and their spread into release/seeds/, then into the README, the results
+# and the model card (seed 0 is the release).
 seeds-record: install
 	$(PY) -m s10.seeds $(SEEDS)/seed0 $(SEEDS)/seed1 $(SEEDS)/seed2 --out $(RELEASE)/seeds
+	$(PY) -m hub.card $(RELEASE)
 	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
 
 # The three-seed campaign of a recipe (docs/results.md): one run after another into $(SEEDS)/seed<k>. Run it again to

@@ -363,6 +363,33 @@ def test_card_metadata_reads_back_as_the_hub_reads_it(tmp_path):
     assert "@software{" in text and "```bibtex" in text
 
 
+def test_the_committed_card_is_what_the_release_renders(tmp_path):
+    """release/model/README.md is hub.card's rendering of the committed record (its seeds' spread included), not a
+    card left over from before a change to the record: `make release-record` or `python -m hub.card release`."""
+    from hub.card import build_card
+
+    build_card(RELEASE).save(tmp_path / "README.md")
+    assert (tmp_path / "README.md").read_text() == (RELEASE / "model" / "README.md").read_text()
+
+
+def test_the_card_gives_the_recipe_spread_beside_its_seed(smoke_run, tmp_path):
+    """With the seeds' record beside the run (make seeds-record), the card says which seed these weights are and what
+    the recipe scores over its seeds; with one seed or none, nothing."""
+    from hub.card import build_card
+    from s10 import seeds
+    from tests.test_seeds import fake_run
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    assert "of their recipe" not in build_card(run).text
+    config = json.loads((run / "config.json").read_text())
+    runs = [fake_run(tmp_path / f"s{k}", k, acc, acc + 0.005, recipe=config["recipe"],
+                     precision=config["args"]["precision"]) for k, acc in enumerate((0.9401, 0.9432, 0.9388))]
+    seeds.record(runs, run / "seeds")
+    assert ("These weights are seed 0 of their recipe; over seeds 0, 1, 2, the recipe scores **94.07 % +- 0.23** "
+            "(94.57 % +- 0.23 with flip TTA)") in build_card(run).text
+
+
 def test_the_model_card_snippet_runs_as_written(tmp_path):
     """The card's Python snippet, as written, in a fresh directory holding a cat.jpg, with the Hub offline and the
     model repo in the HF cache (the layout hf_hub_download leaves): it prints calibrated top-3 labels. The card's
