@@ -92,13 +92,15 @@ def spread_text(value: dict) -> str:
 
 
 def lines(summary: dict) -> list[str]:
-    """The seeds' table: each seed's plain and flip-TTA accuracy, then mean +- sd."""
+    """The seeds' table: each seed's peak LR (the LR range test runs per seed, so it is part of what a seed varies)
+    and its plain and flip-TTA accuracy, then mean +- sd."""
     from s10.report import pct
 
-    out = ["| seed | test accuracy | flip TTA |", "|---:|---:|---:|"]
-    out += [f"| {s['seed']} | {pct(s['test_acc'])} | {pct(s['test_acc_tta'])} |" for s in summary["seeds"]]
+    out = ["| seed | peak LR | test accuracy | flip TTA |", "|---:|---:|---:|---:|"]
+    out += [f"| {s['seed']} | {s['max_lr']:.2e} | {pct(s['test_acc'])} | {pct(s['test_acc_tta'])} |"
+            for s in summary["seeds"]]
     if summary["runs"] > 1:
-        out.append(f"| **mean +- sd over {summary['runs']} seeds** | **{spread_text(summary['test_acc'])}** | "
+        out.append(f"| **mean +- sd over {summary['runs']} seeds** | | **{spread_text(summary['test_acc'])}** | "
                    f"**{spread_text(summary['test_acc_tta'])}** |")
     return out
 

@@ -214,7 +214,8 @@ def test_report_renders_the_seeds_spread_when_the_release_has_one(finished_run, 
     seeds.record(runs, run / "seeds")
     assert "The recipe over 3 seeds: **94.07 % +- 0.23**" in headline(run)
     text = render(run, examples=None)
-    assert "| **mean +- sd over 3 seeds** | **94.07 % +- 0.23** | **94.57 % +- 0.23** |" in text
+    assert "| **mean +- sd over 3 seeds** | | **94.07 % +- 0.23** | **94.57 % +- 0.23** |" in text
+    assert "| 1 | 2.31e-03 | 94.32 % | 94.82 % |" in text  # each seed's own peak LR from its range test
     assert "](seeds)" in text and "Recipes compared" not in text
     assert "of at least 94.50 % over 3 seeds: **not reached**, 0.43 points short." in text
 

@@ -53,7 +53,8 @@ def test_one_run_is_a_record_without_a_spread(tmp_path):
     """An earlier release's recipe kept beside the new one: one seed, its figures, no sd and no mean row."""
     summary = seeds.record([fake_run(tmp_path / "course", 0, 0.9367, 0.9435, label_smoothing=0.1)], tmp_path / "o")
     assert summary["runs"] == 1 and summary["test_acc"] == {"mean": 0.9367, "sd": None}
-    assert seeds.lines(summary) == ["| seed | test accuracy | flip TTA |", "|---:|---:|---:|", "| 0 | 93.67 % | 94.35 % |"]
+    assert seeds.lines(summary) == ["| seed | peak LR | test accuracy | flip TTA |", "|---:|---:|---:|---:|",
+                                    "| 0 | 2.30e-03 | 93.67 % | 94.35 % |"]
     assert seeds.spread_text(summary["test_acc"]) == "93.67 %"
 
 
