@@ -204,8 +204,8 @@ def spread_text(run: Path, seed: int) -> str:
     spread = seeds_summary(run)
     if not spread or spread["runs"] < 2:
         return ""
-    return (f" These weights are seed {seed} of their recipe; over seeds "
-            f"{', '.join(str(s['seed']) for s in spread['seeds'])}, the recipe scores "
+    return (f" These weights are seed {seed} of their recipe; over its {spread['runs']} seeds "
+            f"({', '.join(str(s['seed']) for s in spread['seeds'])}), the recipe scores "
             f"**{text(spread['test_acc'])}** ({text(spread['test_acc_tta'])} with flip TTA), mean +- sd in "
             "percentage points.")
 

@@ -386,8 +386,8 @@ def test_the_card_gives_the_recipe_spread_beside_its_seed(smoke_run, tmp_path):
     runs = [fake_run(tmp_path / f"s{k}", k, acc, acc + 0.005, recipe=config["recipe"],
                      precision=config["args"]["precision"]) for k, acc in enumerate((0.9401, 0.9432, 0.9388))]
     seeds.record(runs, run / "seeds")
-    assert ("These weights are seed 0 of their recipe; over seeds 0, 1, 2, the recipe scores **94.07 % +- 0.23** "
-            "(94.57 % +- 0.23 with flip TTA)") in build_card(run).text
+    assert ("These weights are seed 0 of their recipe; over its 3 seeds (0, 1, 2), the recipe scores "
+            "**94.07 % +- 0.23** (94.57 % +- 0.23 with flip TTA)") in build_card(run).text
 
 
 def test_the_model_card_snippet_runs_as_written(tmp_path):
