@@ -10,6 +10,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hub import settings as project
 from s10.report import calibration_lines, pct, recipe_lines, results_table, seeds_summary
+from s10.seeds import spread_text
 
 PLOTS = ["curves.png", "confusion_matrix.png", "misclassified.png", "lr_finder.png", "reliability.png"]
 
@@ -186,7 +187,7 @@ def build_card(run: Path, repo_id: str | None = None, settings: project.Settings
         github_url=settings.github_url, space_url=settings.space_url,
         github_repo="/".join(settings.github_url.rstrip("/").split("/")[-2:]), citation=citation(settings),
         recipe="\n".join(recipe_lines(config, results)), table="\n".join(results_table(results)),
-        spread=spread_text(run, config["recipe"]["seed"]),
+        spread=spread_sentence(run, config["recipe"]["seed"]),
         recipe_references=recipe_references(config["recipe"]),
         per_class=", ".join(f"{c} {pct(a)}" for c, a in results["per_class_acc"].items()),
         ood="\n".join(ood_lines(json.loads((run / "model" / "config.json").read_text()).get("ood") or {},
@@ -196,18 +197,16 @@ def build_card(run: Path, repo_id: str | None = None, settings: project.Settings
     )
 
 
-def spread_text(run: Path, seed: int) -> str:
+def spread_sentence(run: Path, seed: int) -> str:
     """What one seed's figures are worth: the recipe's mean +- sd over the seeds the release records, if it has
     more than one (`make seeds-record`)."""
-    from s10.seeds import spread_text as text
-
     spread = seeds_summary(run)
     if not spread or spread["runs"] < 2:
         return ""
     return (f" These weights are seed {seed} of their recipe; over its {spread['runs']} seeds "
             f"({', '.join(str(s['seed']) for s in spread['seeds'])}), the recipe scores "
-            f"**{text(spread['test_acc'])}** ({text(spread['test_acc_tta'])} with flip TTA), mean +- sd in "
-            "percentage points.")
+            f"**{spread_text(spread['test_acc'])}** ({spread_text(spread['test_acc_tta'])} with flip TTA), "
+            "mean +- sd in percentage points.")
 
 
 def recipe_references(recipe: dict) -> str:
