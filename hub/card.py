@@ -10,7 +10,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hub import settings as project
 from s10.report import calibration_lines, pct, recipe_lines, results_table, seeds_summary
-from s10.seeds import spread_text
+from s10.seeds import seed_list, spread_text
 
 PLOTS = ["curves.png", "confusion_matrix.png", "misclassified.png", "lr_finder.png", "reliability.png"]
 
@@ -204,7 +204,7 @@ def spread_sentence(run: Path, seed: int) -> str:
     if not spread or spread["runs"] < 2:
         return ""
     return (f" These weights are seed {seed} of their recipe; over its {spread['runs']} seeds "
-            f"({', '.join(str(s['seed']) for s in spread['seeds'])}), the recipe scores "
+            f"({seed_list(spread)}), the recipe scores "
             f"**{spread_text(spread['test_acc'])}** ({spread_text(spread['test_acc_tta'])} with flip TTA), "
             "mean +- sd in percentage points.")
 

@@ -161,7 +161,7 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
         from s10 import seeds
 
         lines += ["", f"### The recipe over {spread['runs']} seeds", "",
-                  f"The same recipe and precision with seeds {', '.join(str(s['seed']) for s in spread['seeds'])} "
+                  f"The same recipe and precision with seeds {seeds.seed_list(spread)} "
                   f"(records in [`seeds/`]({img('seeds')}); trained on {'; '.join(spread['hardware'])}):", "",
                   *seeds.lines(spread), "", seeds.aim_line(spread)]
     others = recipes(run)

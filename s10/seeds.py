@@ -84,6 +84,11 @@ def record(runs: list[Path], out: Path) -> dict:
     return summary
 
 
+def seed_list(summary: dict) -> str:
+    """`0, 1, 2`: the seeds a summary holds."""
+    return ", ".join(str(s["seed"]) for s in summary["seeds"])
+
+
 def spread_text(value: dict) -> str:
     """`94.07 % +- 0.23` (percentage points), or the one run's figure."""
     from s10.report import pct
@@ -134,7 +139,7 @@ def compare_lines(recipes: list[tuple[str, dict]]) -> list[str]:
     """The recipes compared: one row per (name, summary), plain and flip-TTA accuracy as mean +- sd over its seeds."""
     out = ["| recipe | what it sets | seeds | test accuracy | flip TTA |", "|---|---|---:|---:|---:|"]
     for name, s in recipes:
-        out.append(f"| {name} | {brief(s['recipe'])} | {', '.join(str(x['seed']) for x in s['seeds'])} | "
+        out.append(f"| {name} | {brief(s['recipe'])} | {seed_list(s)} | "
                    f"{spread_text(s['test_acc'])} | {spread_text(s['test_acc_tta'])} |")
     return out
 
