@@ -224,14 +224,16 @@ def recipe_references(recipe: dict) -> str:
 
 
 def write_model_card(run: Path, repo_id: str | None = None) -> Path:
-    """Write run/model/README.md and copy the run's plots beside it (the card shows them)."""
+    """Write run/model/README.md and copy the run's plots beside it (the card shows them). It names the project as
+    project.json does (settings.load(committed=True)): the file is committed, so a clean clone renders it equal
+    whatever its remote; the card `make publish` uploads is rendered afresh with the overrides (hub/push.py)."""
     run = Path(run)
     model_dir = run / "model"
     for plot in PLOTS:
         if (run / plot).is_file():
             shutil.copyfile(run / plot, model_dir / plot)
     path = model_dir / "README.md"
-    build_card(run, repo_id).save(path)
+    build_card(run, repo_id, project.load(committed=True)).save(path)
     return path
 
 

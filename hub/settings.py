@@ -2,7 +2,12 @@
 
 Environment variables override it (S10_HF_USER, S10_MODEL_REPO, S10_SPACE_REPO, S10_GITHUB_URL), so
 `make publish S10_HF_USER=me` style overrides work without editing files. The GitHub URL is, in order:
-S10_GITHUB_URL, `git remote get-url origin`, project.json's github_url.
+S10_GITHUB_URL, `git remote get-url origin` when it is a page a reader can open (a clone of a local folder or a
+mirror on disk is not), project.json's github_url.
+
+`load(committed=True)` reads project.json alone: the committed model card is a function of committed files, so a
+clean clone renders it byte for byte whatever its remote or environment (`make publish` renders the uploaded card
+with the overrides).
 """
 
 from __future__ import annotations
@@ -41,24 +46,31 @@ def git_remote_url(root: Path = ROOT) -> str | None:
                               timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    url = proc.stdout.strip()
-    if proc.returncode or not url:
+    return web_url(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
+def web_url(remote: str) -> str | None:
+    """The page behind a git remote, or None where there is none (a path, file://, a host over ssh we cannot map)."""
+    if remote.startswith("git@github.com:"):  # ssh remote -> the page a reader can open
+        remote = "https://github.com/" + remote.split(":", 1)[1]
+    elif remote.startswith("ssh://git@github.com/"):
+        remote = "https://github.com/" + remote.removeprefix("ssh://git@github.com/")
+    if not remote.startswith(("https://", "http://")):
         return None
-    if url.startswith("git@github.com:"):  # ssh remote -> the page a reader can open
-        url = "https://github.com/" + url.split(":", 1)[1]
-    return url.removesuffix(".git")
+    return remote.removesuffix("/").removesuffix(".git")
 
 
-def load(path: Path = ROOT / "project.json") -> Settings:
+def load(path: Path = ROOT / "project.json", *, committed: bool = False) -> Settings:
     data = json.loads(path.read_text())
-    user = os.environ.get("S10_HF_USER") or data["hf_user"]
-    if os.environ.get("S10_HF_USER"):  # a new owner: the repo names follow unless set too
+    env = {} if committed else os.environ
+    user = env.get("S10_HF_USER") or data["hf_user"]
+    if env.get("S10_HF_USER"):  # a new owner: the repo names follow unless set too
         data["model_repo"] = f"{user}/{data['model_repo'].split('/', 1)[1]}"
         data["space_repo"] = f"{user}/{data['space_repo'].split('/', 1)[1]}"
-    github = os.environ.get("S10_GITHUB_URL") or git_remote_url() or data["github_url"]
+    github = None if committed else env.get("S10_GITHUB_URL") or git_remote_url()
     return Settings(
         hf_user=user,
-        model_repo=os.environ.get("S10_MODEL_REPO") or data["model_repo"],
-        space_repo=os.environ.get("S10_SPACE_REPO") or data["space_repo"],
-        github_url=github,
+        model_repo=env.get("S10_MODEL_REPO") or data["model_repo"],
+        space_repo=env.get("S10_SPACE_REPO") or data["space_repo"],
+        github_url=github or data["github_url"],
     )

@@ -364,12 +364,41 @@ def test_card_metadata_reads_back_as_the_hub_reads_it(tmp_path):
 
 
 def test_the_committed_card_is_what_the_release_renders(tmp_path):
-    """release/model/README.md is hub.card's rendering of the committed record (its seeds' spread included), not a
-    card left over from before a change to the record: `make release-record` or `python -m hub.card release`."""
-    from hub.card import build_card
+    """release/model/README.md is what `python -m hub.card release` writes from the committed record (its seeds'
+    spread included), not a card left over from before a change to the record. Rendered the way a clean clone would,
+    whatever its environment: with the publisher's overrides set (they name the uploaded card, not the committed one)."""
+    run = tmp_path / "release"
+    shutil.copytree(RELEASE, run, ignore=lambda folder, names: {"model.safetensors", "misclassified.safetensors",
+                                                                 "README.md"} & set(names))
+    env = {**os.environ, "S10_GITHUB_URL": "https://github.com/someone/fork", "S10_HF_USER": "someone"}
+    proc = subprocess.run([sys.executable, "-m", "hub.card", str(run)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "model" / "README.md").read_text() == (RELEASE / "model" / "README.md").read_text()
 
-    build_card(RELEASE).save(tmp_path / "README.md")
-    assert (tmp_path / "README.md").read_text() == (RELEASE / "model" / "README.md").read_text()
+
+def test_the_code_link_is_a_page_a_reader_can_open(tmp_path):
+    """The card's and the Space's link to the training code comes from `git remote get-url origin` only when that is
+    a web page: a clone of a folder on disk (as CI clones) links project.json's URL, not the folder's path."""
+    from hub.settings import git_remote_url, load
+
+    def git(*args, cwd):
+        subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+    (tmp_path / "origin").mkdir()
+    git("init", "-q", cwd=tmp_path / "origin")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x", cwd=tmp_path / "origin")
+    git("clone", "-q", str(tmp_path / "origin"), str(tmp_path / "clone"), cwd=tmp_path)
+    clone = tmp_path / "clone"
+    assert git_remote_url(clone) is None
+    for remote, page in [("git@github.com:me/s10.git", "https://github.com/me/s10"),
+                         ("ssh://git@github.com/me/s10.git", "https://github.com/me/s10"),
+                         ("https://github.com/me/s10.git", "https://github.com/me/s10"),
+                         (f"file://{tmp_path / 'origin'}", None)]:
+        git("remote", "set-url", "origin", remote, cwd=clone)
+        assert git_remote_url(clone) == page, remote
+    committed = json.loads((ROOT / "project.json").read_text())["github_url"]
+    assert load(committed=True).github_url == committed
 
 
 def test_the_card_gives_the_recipe_spread_beside_its_seed(smoke_run, tmp_path):
