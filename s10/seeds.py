@@ -24,6 +24,7 @@ from pathlib import Path
 RECORD = ("config.json", "results.json", "metrics.csv", "train.log")
 AIM = 0.945  # the project's aim for the default recipe: mean plain test accuracy, a fraction (SPEC.md, issue 25)
 AIM_SEEDS = 3  # over this many seeds
+RANGE_TEST = "range test"  # a recipe whose peak LR is each seed's LR range test's (summary.json's "peak_lr")
 
 
 class SeedsError(ValueError):
@@ -38,10 +39,16 @@ def full_recipe(recipe: dict) -> dict:
     return {k: v for k, v in dataclasses.asdict(Recipe.from_record(recipe)).items() if k not in ("seed", "max_lr")}
 
 
+def peak_lr(config: dict) -> str | float:
+    """Where a run's peak LR came from: "range test" (`--find-lr`: each seed's own) or the LR it was given
+    (`--max-lr`), which is then part of the recipe, so two given LRs are two recipes."""
+    return RANGE_TEST if config["args"].get("find_lr") else config["recipe"]["max_lr"]
+
+
 def summarize(runs: list[Path]) -> dict:
     if not runs:
         raise SeedsError("no runs given")
-    seeds, recipe, precision, where = [], None, None, []
+    seeds, recipe, precision, lr, where = [], None, None, None, []
     for run in runs:
         missing = [n for n in ("config.json", "results.json") if not (run / n).is_file()]
         if missing:
@@ -49,9 +56,11 @@ def summarize(runs: list[Path]) -> dict:
         config, results = (json.loads((run / n).read_text()) for n in ("config.json", "results.json"))
         other = full_recipe(config["recipe"])
         if recipe is None:
-            recipe, precision = other, config["args"]["precision"]
-        elif other != recipe or config["args"]["precision"] != precision:
+            recipe, precision, lr = other, config["args"]["precision"], peak_lr(config)
+        elif other != recipe or config["args"]["precision"] != precision or peak_lr(config) != lr:
             diff = sorted(k for k in set(other) | set(recipe) if other.get(k) != recipe.get(k))
+            if peak_lr(config) != lr:
+                diff.append(f"peak LR: {peak_lr(config)} against {lr}")
             raise SeedsError(f"{run} does not share the first run's recipe ({', '.join(diff) or 'precision'} differ)")
         seeds.append({"seed": config["recipe"]["seed"], "run": run.name, "test_acc": results["test_acc"],
                       "test_acc_tta": results["test_acc_tta"], "max_lr": config["recipe"]["max_lr"],
@@ -67,7 +76,7 @@ def summarize(runs: list[Path]) -> dict:
         values = [s[key] for s in seeds]
         return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
 
-    return {"runs": len(seeds), "recipe": recipe, "precision": precision, "seeds": seeds,
+    return {"runs": len(seeds), "recipe": recipe, "peak_lr": lr, "precision": precision, "seeds": seeds,
             "test_acc": spread("test_acc"), "test_acc_tta": spread("test_acc_tta"), "hardware": sorted(set(where))}
 
 
@@ -124,14 +133,17 @@ def aim_line(summary: dict) -> str:
     return aim + "."
 
 
-def brief(recipe: dict) -> str:
-    """What a recipe sets beyond the schedule, in words: optimizer and decay, label smoothing, EMA, flip."""
+def brief(recipe: dict, lr: str | float = RANGE_TEST) -> str:
+    """What a recipe sets beyond the schedule, in words: optimizer and decay, label smoothing, EMA, flip, and the
+    peak LR where it was given rather than found by each seed's range test (`peak_lr`)."""
     r = full_recipe(recipe)
     parts = [f"{'AdamW, decoupled decay' if r['optimizer'] == 'adamw' else 'Adam, L2'} {r['weight_decay']:g}",
              f"label smoothing {r['label_smoothing']:g}"]
     if r["ema_decay"]:
         parts.append(f"weight average {r['ema_decay']:g} every {r['ema_every']} steps")
     parts.append("alternating flip" if r["alternating_flip"] else "random flip")
+    if lr != RANGE_TEST:
+        parts.append(f"peak LR {lr:.2e} given (no range test)")
     return ", ".join(parts)
 
 
@@ -139,7 +151,7 @@ def compare_lines(recipes: list[tuple[str, dict]]) -> list[str]:
     """The recipes compared: one row per (name, summary), plain and flip-TTA accuracy as mean +- sd over its seeds."""
     out = ["| recipe | what it sets | seeds | test accuracy | flip TTA |", "|---|---|---:|---:|---:|"]
     for name, s in recipes:
-        out.append(f"| {name} | {brief(s['recipe'])} | {seed_list(s)} | "
+        out.append(f"| {name} | {brief(s['recipe'], s.get('peak_lr', RANGE_TEST))} | {seed_list(s)} | "
                    f"{spread_text(s['test_acc'])} | {spread_text(s['test_acc_tta'])} |")
     return out
 

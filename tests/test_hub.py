@@ -412,8 +412,10 @@ def test_the_card_gives_the_recipe_spread_beside_its_seed(smoke_run, tmp_path):
     shutil.copytree(smoke_run, run)
     assert "of their recipe" not in build_card(run).text
     config = json.loads((run / "config.json").read_text())
+    given = None if config["args"].get("find_lr") else config["recipe"]["max_lr"]  # the smoke run's peak LR is given
     runs = [fake_run(tmp_path / f"s{k}", k, acc, acc + 0.005, recipe=config["recipe"],
-                     precision=config["args"]["precision"]) for k, acc in enumerate((0.9401, 0.9432, 0.9388))]
+                     precision=config["args"]["precision"], max_lr=given)
+            for k, acc in enumerate((0.9401, 0.9432, 0.9388))]
     seeds.record(runs, run / "seeds")
     assert ("These weights are seed 0 of their recipe; over its 3 seeds (0, 1, 2), the recipe scores "
             "**94.07 % +- 0.23** (94.57 % +- 0.23 with flip TTA)") in build_card(run).text

@@ -243,8 +243,14 @@ def test_report_sets_the_release_beside_the_earlier_recipes(finished_run, tmp_pa
     results = json.loads((run / "results.json").read_text())
     seeds.record([fake_run(tmp_path / "course", 0, 0.9367, 0.9435, label_smoothing=0.1)], run / "recipes" / "course")
     seeds.record([run], run / "recipes" / "same")  # a record of the release's own recipe: its row is the release's
+    config = json.loads((run / "config.json").read_text())
+    given = 2 * config["recipe"]["max_lr"]  # the release's recipe with a peak LR given: another recipe, its own row
+    seeds.record([fake_run(tmp_path / "given", 1, 0.9, 0.91, recipe=config["recipe"],
+                           precision=config["args"]["precision"], max_lr=given)], run / "recipes" / "given-lr")
     text = render(run, examples=None)
     assert "### Recipes compared" in text and "](recipes)" in text
+    assert f"| given-lr | {seeds.brief(config['recipe'])}, peak LR {given:.2e} given (no range test) | 1 | 90.00 % |" in text
+    assert "| same |" not in text
     rows = [line for line in text.splitlines() if line.startswith(("| course |", "| this release's recipe |"))]
     assert rows == ["| course | Adam, L2 0.0001, label smoothing 0.1, random flip | 0 | 93.67 % | 94.35 % |",
                     f"| this release's recipe | {seeds.brief(json.loads((run / 'config.json').read_text())['recipe'])} | 0 | "

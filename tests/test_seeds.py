@@ -9,11 +9,13 @@ from s10 import seeds
 from tests.conftest import ROOT
 
 
-def fake_run(folder, seed, acc, tta, label_smoothing=0.2, recipe=None, precision="bf16-mixed"):
+def fake_run(folder, seed, acc, tta, label_smoothing=0.2, recipe=None, precision="bf16-mixed", max_lr=None):
+    """A finished run's record: its peak LR from its own range test (each seed's differs), or `max_lr` given."""
     folder.mkdir(parents=True)
     recipe = {**(recipe or {"epochs": 24, "label_smoothing": label_smoothing}), "seed": seed,
-              "max_lr": 2.3e-3 + seed * 1e-5}
-    (folder / "config.json").write_text(json.dumps({"recipe": recipe, "args": {"precision": precision},
+              "max_lr": max_lr or 2.3e-3 + seed * 1e-5}
+    args = {"precision": precision, "find_lr": max_lr is None}
+    (folder / "config.json").write_text(json.dumps({"recipe": recipe, "args": args,
                                                     "hardware": {"cpu_threads": 2, "cpu": "Xeon", "gpu": None}}))
     (folder / "results.json").write_text(json.dumps({"test_acc": acc, "test_acc_tta": tta, "train_time_s": 60}))
     (folder / "metrics.csv").write_text("epoch\n1\n")
@@ -41,8 +43,12 @@ def test_mixed_recipes_and_unfinished_runs_are_refused(tmp_path):
     b = fake_run(tmp_path / "b", 1, 0.94, 0.945, label_smoothing=0.1)
     c = tmp_path / "c"
     c.mkdir()
+    given = fake_run(tmp_path / "g", 1, 0.94, 0.945, max_lr=3e-3)  # the same recipe but a peak LR given, not found
     for runs, message in (([a, b], "label_smoothing differ"), ([a, c], "not a finished run folder"),
-                          ([a, fake_run(tmp_path / "a1", 0, 0.95, 0.955)], "same seed")):
+                          ([a, fake_run(tmp_path / "a1", 0, 0.95, 0.955)], "same seed"),
+                          ([a, given], "peak LR: 0.003 against range test differ"),
+                          ([given, fake_run(tmp_path / "g2", 2, 0.94, 0.945, max_lr=2e-3)],
+                           "peak LR: 0.002 against 0.003 differ")):
         proc = subprocess.run([sys.executable, "-m", "s10.seeds", *map(str, runs), "--out", str(tmp_path / "o")],
                               capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
@@ -66,6 +72,8 @@ def test_a_record_from_before_a_recipe_field_existed_ran_as_its_default():
                                                         "optimizer": "adam", "seed": 3})
     assert seeds.full_recipe(old) != seeds.full_recipe({**old, "ema_decay": 0.99})
     assert seeds.brief(old) == "Adam, L2 0.0001, label smoothing 0.1, random flip"
+    assert seeds.brief(old, 3.054e-3) == ("Adam, L2 0.0001, label smoothing 0.1, random flip, "
+                                          "peak LR 3.05e-03 given (no range test)")
     assert seeds.brief({**old, "label_smoothing": 0.2, "ema_decay": 0.99, "alternating_flip": True}) == (
         "Adam, L2 0.0001, label smoothing 0.2, weight average 0.99 every 5 steps, alternating flip")
 
