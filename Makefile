@@ -61,12 +61,14 @@ seeds-record: install
 # resume: a finished seed is skipped, a stopped one goes on from its last checkpoint.
 SEEDS ?= runs/seeds
 RECIPE ?=
+# The peak LR: each seed's own LR range test, or LR="--max-lr 2.3e-3" for one given to every seed (another recipe).
+LR ?= --find-lr
 seeds: install data
 	for k in 0 1 2; do \
 		out=$(SEEDS)/seed$$k; \
 		if [ -f $$out/results.json ]; then echo "seed $$k: done"; continue; fi; \
 		if [ -f $$out/config.json ]; then resume=--resume; else resume=; fi; \
-		$(PY) fabric_train.py --data $(DATA) --out $$out --find-lr --seed $$k --no-progress-bar $(RECIPE) $$resume \
+		$(PY) fabric_train.py --data $(DATA) --out $$out $(LR) --seed $$k --no-progress-bar $(RECIPE) $$resume \
 			|| exit 1; \
 	done
 
