@@ -134,16 +134,15 @@ def aim_line(summary: dict) -> str:
 
 
 def brief(recipe: dict, lr: str | float = RANGE_TEST) -> str:
-    """What a recipe sets beyond the schedule, in words: optimizer and decay, label smoothing, EMA, flip, and the
-    peak LR where it was given rather than found by each seed's range test (`peak_lr`)."""
+    """What a recipe sets beyond the schedule, in words: optimizer and decay, label smoothing, EMA, flip, and where
+    its peak LR came from (`peak_lr`: each seed's range test, or given)."""
     r = full_recipe(recipe)
     parts = [f"{'AdamW, decoupled decay' if r['optimizer'] == 'adamw' else 'Adam, L2'} {r['weight_decay']:g}",
              f"label smoothing {r['label_smoothing']:g}"]
     if r["ema_decay"]:
         parts.append(f"weight average {r['ema_decay']:g} every {r['ema_every']} steps")
     parts.append("alternating flip" if r["alternating_flip"] else "random flip")
-    if lr != RANGE_TEST:
-        parts.append(f"peak LR {lr:.2e} given (no range test)")
+    parts.append("peak LR from each seed's range test" if lr == RANGE_TEST else f"peak LR {lr:.2e} given (no range test)")
     return ", ".join(parts)
 
 

@@ -249,11 +249,13 @@ def test_report_sets_the_release_beside_the_earlier_recipes(finished_run, tmp_pa
                            precision=config["args"]["precision"], max_lr=given)], run / "recipes" / "given-lr")
     text = render(run, examples=None)
     assert "### Recipes compared" in text and "](recipes)" in text
-    assert f"| given-lr | {seeds.brief(config['recipe'])}, peak LR {given:.2e} given (no range test) | 1 | 90.00 % |" in text
+    assert f"| given-lr | {seeds.brief(config['recipe'], given)} | 1 | 90.00 % |" in text
+    assert seeds.brief(config["recipe"], given).endswith(f", peak LR {given:.2e} given (no range test)")
     assert "| same |" not in text
     rows = [line for line in text.splitlines() if line.startswith(("| course |", "| this release's recipe |"))]
-    assert rows == ["| course | Adam, L2 0.0001, label smoothing 0.1, random flip | 0 | 93.67 % | 94.35 % |",
-                    f"| this release's recipe | {seeds.brief(json.loads((run / 'config.json').read_text())['recipe'])} | 0 | "
+    assert rows == ["| course | Adam, L2 0.0001, label smoothing 0.1, random flip, peak LR from each seed's range test "
+                    "| 0 | 93.67 % | 94.35 % |",
+                    f"| this release's recipe | {seeds.brief(config['recipe'], seeds.peak_lr(config))} | 0 | "
                     f"{100 * results['test_acc']:.2f} % | {100 * results['test_acc_tta']:.2f} % |"]
 
 

@@ -71,11 +71,12 @@ def test_a_record_from_before_a_recipe_field_existed_ran_as_its_default():
     assert seeds.full_recipe(old) == seeds.full_recipe({**old, "ema_decay": 0.0, "alternating_flip": False,
                                                         "optimizer": "adam", "seed": 3})
     assert seeds.full_recipe(old) != seeds.full_recipe({**old, "ema_decay": 0.99})
-    assert seeds.brief(old) == "Adam, L2 0.0001, label smoothing 0.1, random flip"
+    assert seeds.brief(old) == "Adam, L2 0.0001, label smoothing 0.1, random flip, peak LR from each seed's range test"
     assert seeds.brief(old, 3.054e-3) == ("Adam, L2 0.0001, label smoothing 0.1, random flip, "
                                           "peak LR 3.05e-03 given (no range test)")
     assert seeds.brief({**old, "label_smoothing": 0.2, "ema_decay": 0.99, "alternating_flip": True}) == (
-        "Adam, L2 0.0001, label smoothing 0.2, weight average 0.99 every 5 steps, alternating flip")
+        "Adam, L2 0.0001, label smoothing 0.2, weight average 0.99 every 5 steps, alternating flip, "
+        "peak LR from each seed's range test")
 
 
 def test_the_aim_is_said_reached_only_at_its_mean_and_said_short_by_how_much(tmp_path):
