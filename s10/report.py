@@ -219,16 +219,14 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
 def seeds_summary(run: Path) -> dict | None:
     """The release's seeds' spread (`python -m s10.seeds ... --out RUN/seeds`), if it has one. A spread of another
     recipe or precision than the release's is refused (ValueError): it would be printed as the release's."""
-    from s10.seeds import RANGE_TEST, full_recipe, peak_lr
+    from s10.seeds import recipe_key, summary_key
 
     path = Path(run) / "seeds" / "summary.json"
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
     config = json.loads((Path(run) / "config.json").read_text())
-    if (full_recipe(summary["recipe"]) != full_recipe(config["recipe"])
-            or summary.get("peak_lr", RANGE_TEST) != peak_lr(config)
-            or summary["precision"] != config["args"]["precision"]):
+    if summary_key(summary) != recipe_key(config) or summary["precision"] != config["args"]["precision"]:
         raise ValueError(f"{path} is the spread of another recipe or precision than the release's; run "
                          "`make seeds-record` with this recipe's seeds, or remove it")
     return summary
@@ -237,15 +235,13 @@ def seeds_summary(run: Path) -> dict | None:
 def recipes(run: Path) -> list[tuple[str, dict]]:
     """Earlier recipes' records kept beside the release (`python -m s10.seeds RUN --out RUN/recipes/<name>`), less
     any of the release's own recipe (its row is the release's)."""
-    from s10.seeds import RANGE_TEST, full_recipe, peak_lr
+    from s10.seeds import recipe_key, summary_key
 
     folder = Path(run) / "recipes"
     found = sorted(folder.glob("*/summary.json")) if folder.is_dir() else []
     config = json.loads((Path(run) / "config.json").read_text())
-    mine = (full_recipe(config["recipe"]), peak_lr(config))
     kept = [(path.parent.name, json.loads(path.read_text())) for path in found]
-    return [(name, summary) for name, summary in kept
-            if (full_recipe(summary["recipe"]), summary.get("peak_lr", RANGE_TEST)) != mine]
+    return [(name, summary) for name, summary in kept if summary_key(summary) != recipe_key(config)]
 
 
 def headline(run: Path) -> str:

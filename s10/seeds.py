@@ -45,6 +45,16 @@ def peak_lr(config: dict) -> str | float:
     return RANGE_TEST if config["args"].get("find_lr") else config["recipe"]["max_lr"]
 
 
+def recipe_key(config: dict) -> tuple[dict, str | float]:
+    """What makes a run's recipe, seed apart: its full recipe and where its peak LR came from."""
+    return full_recipe(config["recipe"]), peak_lr(config)
+
+
+def summary_key(summary: dict) -> tuple[dict, str | float]:
+    """recipe_key of the runs a summary.json holds (one written before "peak_lr" is of range-test runs)."""
+    return full_recipe(summary["recipe"]), summary.get("peak_lr", RANGE_TEST)
+
+
 def summarize(runs: list[Path]) -> dict:
     if not runs:
         raise SeedsError("no runs given")
