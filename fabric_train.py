@@ -39,6 +39,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # the final evaluation and t
 STRATEGIES = ("auto", "ddp")  # FSDP/DeepSpeed shard the weights and the optimizer: the loop assumes whole copies
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 SMOKE_TRAIN_BATCHES = 3  # --smoke: global batches of training data per epoch
+HOLDOUT_SEED = 20_171_001  # --holdout picks its images with this seed, whatever the run's
 log = logging.getLogger("s10")
 
 
@@ -59,6 +60,7 @@ class Run:
     data: Any = None  # s10.data.Dataset on the host: classes, sizes, the whole test split for the final evaluation
     train: Any = None  # the training split, uint8 on the device
     test: Any = None  # this rank's shard of the test split, uint8 on the device
+    val: Any = None  # this rank's shard of the held-out training images (--holdout), uint8 on the device
     mean: Any = None  # the normalisation's mean and std as float32 tensors on the device, made once
     std: Any = None
     module: Any = None  # s10.module.S10Module, the LightningModule; its network is module.net
@@ -105,11 +107,13 @@ class Run:
 def parse_args(argv=None) -> argparse.Namespace:
     """The run's flags. Every field of `Recipe` is an option (`max_lr` -> `--max-lr`) with the field's default and
     help; an option left out is None here, so a resumed run can tell it from one that was given."""
-    from s10.module import Recipe
+    from s10.module import RECIPES, Recipe
 
     p = Parser(prog="fabric_train.py", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="'cifar10' (torchvision download) or a class-folder root")
     p.add_argument("--out", required=True, type=Path, help="run folder (refused if it holds a run, unless --resume)")
+    p.add_argument("--recipe", choices=RECIPES, help="a named recipe: its values, then any single flag below over "
+                   "them (docs/training.md: Recipes); default: the Recipe defaults")
     lr = p.add_mutually_exclusive_group()
     lr.add_argument("--find-lr", action="store_true", help="take the peak LR from an LR range test first")
     for f in fields(Recipe):
@@ -133,6 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="a few batches of each split (for tests)")
     p.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
     p.add_argument("--test-limit", type=int, help="test on a seeded random subset of this many images")
+    p.add_argument("--holdout", type=int, help="keep this many training images out of training (the same ones in "
+                   "every run) and report the accuracy on them as val_acc: choose recipes on it, not on the test set")
     p.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=True,
                    help="save checkpoints/last.ckpt before the first epoch and after every epoch (default on)")
@@ -141,6 +147,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.num_nodes < 1:
         raise UsageError(f"--num-nodes must be at least 1, got {args.num_nodes}")
+    if args.recipe and RECIPES[args.recipe]["find_lr"] and args.max_lr is None:
+        args.find_lr = True  # the recipe's peak LR is the range test's, unless one is given
     # `fabric run` reads --precision and --strategy itself (wherever they stand) and hands them over in LT_*.
     args.precision = canonical_precision(args.precision or os.environ.get("LT_PRECISION"))
     if os.environ.get("LT_PRECISION"):  # Fabric compares its precision with this one, alias and all
@@ -262,6 +270,13 @@ def load_data(run: Run) -> None:
         data.train = data.train.subset(torch.randperm(len(data.train), generator=pick)[:train_limit].sort().values)
     if test_limit and test_limit < len(data.test):
         data.test = data.test.subset(torch.randperm(len(data.test), generator=pick)[:test_limit].sort().values)
+    if args.holdout:  # the same images for every seed and recipe: a seed of its own, not the run's
+        if not 0 < args.holdout < len(data.train):
+            raise UsageError(f"--holdout {args.holdout} must lie between 0 and the {len(data.train)} training images")
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+        data.val = data.train.subset(order[:args.holdout].sort().values)
+        data.train = data.train.subset(order[args.holdout:].sort().values)
+        run.val = data.val.subset(shard(len(data.val), fabric.global_rank, fabric.world_size)).to(fabric.device)
     if len(data.train) < recipe.batch_size:
         raise UsageError(f"{len(data.train)} training images is less than one --batch-size {recipe.batch_size}")
     run.data = data
@@ -407,6 +422,8 @@ def fit(run: Run) -> bool:
     for epoch in range(run.epoch + 1, recipe.epochs + 1):
         # fabric.call reaches the callbacks and the LightningModule's own hooks (on_train_epoch_start, ...).
         lr, train_time = train_epoch(run, epoch)
+        if run.ema is not None:
+            run.ema.sync(fabric)
         validate(run)
         row = {"epoch": epoch, "lr": lr, **run.module.epoch_metrics(), "epoch_time_s": round(train_time, 3),
                "images_per_s": round(images / train_time, 1)}
@@ -454,8 +471,10 @@ def finish(run: Run) -> None:
     net.eval()
     logits = gather_uneven(fabric, predict_logits(net, run.test.images, run.mean, run.std, per_rank))
     flipped = gather_uneven(fabric, predict_logits(net, run.test.images, run.mean, run.std, per_rank, flip=True))
+    held_out = None if run.val is None else gather_uneven(fabric, predict_logits(net, run.val.images, run.mean,
+                                                                                  run.std, per_rank))
     if fabric.is_global_zero:
-        results = record.write_results(run, logits, (logits + flipped) / 2)
+        results = record.write_results(run, logits, (logits + flipped) / 2, held_out)
         log.info(f"final evaluation of the published weights (float32, {results['test_images']:,} test images): "
                  f"test accuracy {results['test_acc']:.4f}, flip TTA {results['test_acc_tta']:.4f}; wrote {run.out}")
     fabric.barrier()

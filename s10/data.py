@@ -52,6 +52,7 @@ class Dataset:
     test: Split
     classes: list[str]
     source: str  # "cifar10" or the class-folder root
+    val: Split | None = None  # training images held out of training (fabric_train.py --holdout)
 
 
 # -- sources ---------------------------------------------------------------------------------------------------------

@@ -5,10 +5,13 @@ The Fabric loop in fabric_train.py calls these hooks; the module never touches d
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 from dataclasses import dataclass, field
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
@@ -27,19 +30,35 @@ class Recipe:
     """The run settings of the S10 recipe (the architecture lives in S10Config). fabric_train.py derives an option
     from every field (`max_lr` -> `--max-lr`), with the field's default and help."""
 
-    epochs: int = setting(24, "length of the One Cycle schedule, epochs")
+    epochs: int = setting(24, "length of the LR schedule, epochs")
     batch_size: int = setting(512, "global batch, images per optimizer step (split across devices)")
-    max_lr: float = setting(2.3e-3, "One Cycle peak LR when --find-lr is not given (the LR range test's "
-                                    "suggestion on CIFAR-10, batch 512)")
+    max_lr: float = setting(2.3e-3, "peak LR when --find-lr is not given (the LR range test's suggestion for Adam "
+                                    "on CIFAR-10, batch 512; Page's SGD: 0.4)")
     pct_start: float = setting(5 / 24, "fraction of the run at which the LR peaks (epoch 5 of 24)")
-    div_factor: float = setting(100.0, "start LR = max_lr / div_factor")
-    final_div_factor: float = setting(100.0, "final LR = start LR / final_div_factor")
-    weight_decay: float = setting(1e-4, "adam: the L2 penalty added to the gradient; adamw: the decoupled decay, a "
-                                        "fraction of each weight per unit of LR per step")
-    optimizer: str = setting("adam", "adam (the course's) or adamw (decoupled weight decay, Loshchilov & Hutter "
-                                     "2019; batch-norm parameters and biases are not decayed)")
+    schedule: str = setting("one_cycle", "one_cycle (the course's: from max_lr / div_factor up, then down to max_lr "
+                                         "/ div_factor / final_div_factor) or linear (Page's: from 0 up, then "
+                                         "down to max_lr x lr_floor, held there for the last floor_epochs)")
+    div_factor: float = setting(100.0, "one_cycle: start LR = max_lr / div_factor")
+    final_div_factor: float = setting(100.0, "one_cycle: final LR = start LR / final_div_factor")
+    lr_floor: float = setting(0.0, "linear: the LR the schedule ends at, a fraction of max_lr")
+    floor_epochs: int = setting(0, "linear: the last epochs held at max_lr x lr_floor (a weight average's epochs)")
+    optimizer: str = setting("adam", "adam (the course's), adamw (decoupled weight decay, Loshchilov & Hutter 2019; "
+                                     "batch-norm parameters and biases are not decayed) or sgd (momentum SGD)")
+    momentum: float = setting(0.9, "sgd: momentum")
+    nesterov: bool = setting(True, "sgd: Nesterov momentum (Page's)")
+    weight_decay: float = setting(1e-4, "adam, sgd: the L2 penalty added to the gradient; adamw: the decoupled "
+                                        "decay, a fraction of each weight per unit of LR per step")
+    logit_scale: float = setting(1.0, "the training loss reads the logits times this (Page's: 0.125); the network "
+                                      "and what it outputs are unchanged")
     label_smoothing: float = setting(0.2, "cross-entropy label smoothing of the training loss (Szegedy et al. 2016; "
                                           "the course's: 0.1)")
+    ghost_batch: int = setting(0, "batch norm normalises groups of this many images of a device's batch at "
+                                  "training time (ghost batch norm; Page's: 32); 0: the whole batch. Evaluation "
+                                  "uses the running statistics, the weights are unchanged")
+    freeze_bn_scale: bool = setting(False, "batch-norm scales (gamma) stay at 1, not trained (Page's, airbench's)")
+    bn_bias_lr: float = setting(1.0, "batch-norm biases train at this multiple of the LR (Page's: 16 to 64)")
+    bn_bias_decay: float = setting(1.0, "batch-norm biases get this multiple of the weight decay (Page's: 1/16 to "
+                                        "1/64)")
     ema_decay: float = setting(0.0, "decay of an exponential moving average of the weights and batch-norm "
                                     "statistics, updated every --ema-every steps; the final evaluation and the "
                                     "published weights use it (0: off, the default and the course's; Page's: 0.99)")
@@ -71,12 +90,45 @@ class Recipe:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+        for name in ("logit_scale", "bn_bias_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr_floor", "bn_bias_decay", "ghost_batch", "floor_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if self.floor_epochs and self.floor_epochs >= self.epochs * (1 - self.pct_start):
+            raise ValueError(f"floor_epochs must end after the peak (epoch {self.epochs * self.pct_start:g} of "
+                             f"{self.epochs}), got {self.floor_epochs}")
+        if self.ghost_batch and self.batch_size % self.ghost_batch:
+            raise ValueError(f"ghost_batch must divide the batch size {self.batch_size}, got {self.ghost_batch}")
 
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("one_cycle", "linear")
 
 # What a run recorded before these fields existed did: Adam, no weight average, a fresh flip coin per image and epoch.
+# (Fields added later have defaults that do what runs did before them: One Cycle, logits as they are, plain batch
+# norm with every parameter at the same LR and decay.)
 RECORDED_BEFORE = {"optimizer": "adam", "ema_decay": 0.0, "ema_every": 5, "alternating_flip": False}
+
+# Named recipes (`--recipe NAME`): the values each sets; single flags override them. `find_lr`: the peak LR comes
+# from the LR range test unless --max-lr is given. docs/training.md ("Recipes") says where each comes from.
+RECIPES = {
+    # The S10 assignment's: what a student hands in.
+    "course": {"values": dict(optimizer="adam", weight_decay=1e-4, schedule="one_cycle", label_smoothing=0.1,
+                              alternating_flip=False, ema_decay=0.0), "find_lr": True},
+    # David Page's cifar10-fast 24-epoch baseline for this topology (dawn.py): SGD, Nesterov 0.9, 0 -> 0.4 at epoch
+    # 5 -> 0 at epoch 24, L2 5e-4 on every parameter, logits x 0.125 in the loss, plain flip, no smoothing.
+    "page": {"values": dict(optimizer="sgd", momentum=0.9, nesterov=True, max_lr=0.4, weight_decay=5e-4,
+                            schedule="linear", lr_floor=0.0, floor_epochs=0, logit_scale=0.125, label_smoothing=0.0,
+                            alternating_flip=False, ema_decay=0.0), "find_lr": False},
+}
 
 
 class S10Module(L.LightningModule):
@@ -85,6 +137,9 @@ class S10Module(L.LightningModule):
         self.recipe = recipe or Recipe()
         self.steps_per_epoch = steps_per_epoch
         self.net = S10Net(arch)
+        if self.recipe.freeze_bn_scale:  # the parameters stay (the state dict is the same), at their initial 1
+            for bn in batch_norms(self.net):
+                bn.weight.requires_grad_(False)
         n = self.net.config.num_classes
         # Synced across ranks on compute(): each image is counted once, whatever the world size. The losses go in
         # per image, so a mean over them weights every image alike (a short last batch, any number of ranks). They
@@ -99,8 +154,10 @@ class S10Module(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        losses = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.label_smoothing, reduction="none")
+        with ghost_batch_norm(self.net, self.recipe.ghost_batch):
+            logits = self(x)
+        losses = F.cross_entropy(logits.float() * self.recipe.logit_scale, y,
+                                 label_smoothing=self.recipe.label_smoothing, reduction="none")
         self.train_loss.update(losses.detach())
         self.train_acc.update(logits.detach(), y)
         return {"loss": losses.mean(), "acc": (logits.detach().argmax(-1) == y).float().mean()}
@@ -132,43 +189,105 @@ class S10Module(L.LightningModule):
 
     def configure_optimizers(self):
         r = self.recipe
+        groups = self.param_groups()
+        for group in groups:
+            group["lr"] = r.max_lr * group["lr_scale"]  # the schedulers scale each group's own peak
         # Fused Adam: one kernel per step, and under 16-mixed the gradient scaler hands it the scale and the inf flag
         # on the device (GradScaler's path for `_step_supports_amp_scaling`) instead of reading found_inf back to
         # the host at every step. Fused kernels exist for CUDA and CPU parameters.
         fused = next(self.parameters()).device.type in ("cuda", "cpu") or None
-        if r.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(self.decay_groups(r.weight_decay), lr=r.max_lr / r.div_factor, fused=fused)
+        if r.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=r.max_lr, momentum=r.momentum, nesterov=r.nesterov, fused=fused)
         else:
-            optimizer = torch.optim.Adam(self.parameters(), lr=r.max_lr / r.div_factor, weight_decay=r.weight_decay,
-                                         fused=fused)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._one_cycle(optimizer), "interval": "step"}}
+            kind = torch.optim.AdamW if r.optimizer == "adamw" else torch.optim.Adam
+            optimizer = kind(groups, lr=r.max_lr, fused=fused)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._scheduler(optimizer), "interval": "step"}}
 
-    def decay_groups(self, weight_decay: float) -> list[dict]:
-        """Two parameter groups: the convolution and linear weights, decayed, and the batch-norm weights and biases
-        and the linear bias (every 1-D parameter), not decayed: shrinking them only rescales what batch norm
-        normalises away, or moves a bias."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-                {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-
-    def _one_cycle(self, optimizer):
+    def param_groups(self) -> list[dict]:
+        """The trained parameters by LR multiple and weight decay: the batch-norm biases at `bn_bias_lr` times the
+        LR and `bn_bias_decay` times the decay, the rest at 1x. AdamW decays only the convolution and linear weights
+        (every parameter of more than one dimension): shrinking a batch-norm parameter only rescales what batch norm
+        normalises away, or moves a bias. The first group holds the first convolution's weight (its LR is the
+        one logged)."""
         r = self.recipe
+        bn_biases = {id(bn.bias) for bn in batch_norms(self.net)}
+        groups: dict[tuple[float, float], list] = {}
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            bias = id(p) in bn_biases
+            decay = r.weight_decay * (r.bn_bias_decay if bias else 1.0)
+            if r.optimizer == "adamw" and p.ndim <= 1:
+                decay = 0.0
+            groups.setdefault((r.bn_bias_lr if bias else 1.0, decay), []).append(p)
+        return [{"params": params, "lr_scale": scale, "weight_decay": decay}
+                for (scale, decay), params in groups.items()]
+
+    def _scheduler(self, optimizer):
+        r = self.recipe
+        steps = r.epochs * self.steps_per_epoch
+        if r.schedule == "linear":
+            # Knots in optimizer steps: 0 -> 1 at the peak -> lr_floor where the floor starts, held to the end.
+            knots = [0.0, r.pct_start * steps, steps - r.floor_epochs * self.steps_per_epoch, steps]
+            values = [0.0, 1.0, r.lr_floor, r.lr_floor]
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: float(np.interp(step, knots, values)))
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=r.max_lr, epochs=r.epochs, steps_per_epoch=self.steps_per_epoch,
-            pct_start=r.pct_start, div_factor=r.div_factor, final_div_factor=r.final_div_factor,
-            three_phase=False, anneal_strategy="linear",
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], epochs=r.epochs,
+            steps_per_epoch=self.steps_per_epoch, pct_start=r.pct_start, div_factor=r.div_factor,
+            final_div_factor=r.final_div_factor, three_phase=False, anneal_strategy="linear",
         )
 
     def lr_schedule(self) -> list[float]:
         """The LR of every optimizer step of the run, as the scheduler sets it (for the plots)."""
         optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=self.recipe.max_lr)
-        scheduler = self._one_cycle(optimizer)
+        scheduler = self._scheduler(optimizer)
         lrs = []
         for _ in range(self.recipe.epochs * self.steps_per_epoch):
             lrs.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
         return lrs
+
+
+def batch_norms(net: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
+def ghost_batch_norm(net: torch.nn.Module, group: int):
+    """Within the block, every batch norm of `net` in training mode normalises each group of `group` images of
+    its batch by that group's own statistics (Hoffer et al. 2017; Page's "ghost batch norm"), and moves its running
+    statistics by the groups' average, once per batch, as a whole-batch update would. The batch norms are
+    unchanged outside the block (no new parameter or buffer: the state dict stays). `group` 0: nothing changes."""
+    bns = [bn for bn in batch_norms(net) if bn.training] if group else []
+    for bn in bns:
+        bn.forward = functools.partial(_ghost_forward, bn, group)
+    try:
+        yield
+    finally:
+        for bn in bns:
+            del bn.forward
+
+
+def _ghost_forward(bn, group: int, x: torch.Tensor) -> torch.Tensor:
+    b, c = x.shape[:2]
+    if b <= group:
+        return type(bn).forward(bn, x)
+    if b % group:
+        raise ValueError(f"ghost batch norm: a batch of {b} images does not split into groups of {group}")
+    xg = x.float().unflatten(0, (b // group, group))  # (G, group, C, H, W)
+    dims = (1, *range(3, xg.ndim))
+    var, mean = torch.var_mean(xg, dim=dims, correction=0, keepdim=True)  # (G, 1, C, 1, 1)
+    y = (xg - mean) * torch.rsqrt(var + bn.eps)
+    shape = (1, 1, c) + (1,) * (xg.ndim - 3)
+    y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    with torch.no_grad():  # the running statistics: the groups' mean and unbiased variance, averaged
+        n = xg[0].numel() // c
+        bn.running_mean.lerp_(mean.mean(0).flatten(), bn.momentum)
+        bn.running_var.lerp_((var * n / (n - 1)).mean(0).flatten(), bn.momentum)
+        bn.num_batches_tracked.add_(1)
+    return y.flatten(0, 1).to(x.dtype).contiguous(memory_format=torch.channels_last if x.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format)
 
 
 class WeightAverage(torch.nn.Module):
@@ -188,6 +307,19 @@ class WeightAverage(torch.nn.Module):
         torch._foreach_lerp_(mine["float"], theirs["float"], 1 - self.decay)
         for a, b in zip(mine["other"], theirs["other"]):
             a.copy_(b)
+
+    @torch.no_grad()
+    def sync(self, fabric) -> None:
+        """Average the floating-point buffers over the ranks. Under DDP the parameters are the same on every rank,
+        but each rank's batch norm keeps the running statistics of its own batches, and so does each rank's average
+        of them; without this, every rank would evaluate its test shard with its own statistics while rank 0's were
+        published. Called after every epoch, so the checkpoint (rank 0's) is every rank's state."""
+        if fabric.world_size == 1:
+            return
+        buffers = [b for b in self.net.buffers() if b.is_floating_point()]
+        mean = fabric.all_reduce(torch.cat([b.flatten() for b in buffers]), reduce_op="mean")
+        torch._foreach_copy_(buffers, [m.view_as(b) for m, b in zip(mean.split([b.numel() for b in buffers]),
+                                                                     buffers)])
 
     @staticmethod
     def _tensors(net):

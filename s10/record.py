@@ -30,9 +30,11 @@ METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_a
 
 
 def recipe_flags(args) -> dict:
-    from s10.module import Recipe
+    """The recipe values the command line sets: the named recipe's (--recipe), then the single flags over them."""
+    from s10.module import RECIPES, Recipe
 
-    return {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}
+    named = RECIPES[args.recipe]["values"] if getattr(args, "recipe", None) else {}
+    return {**named, **{f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}}
 
 
 def new_recipe(args):
@@ -123,7 +125,7 @@ def provenance(data, code: dict) -> dict:
                      "cpu_bf16": sorted(cpu.flags & set(hardware.BF16_FLAGS)), "cpu_avx512": "avx512f" in cpu.flags,
                      "gpu": gpu},
         "data": {"source": data.source, "classes": data.classes, "train_images": len(data.train),
-                 "test_images": len(data.test)},
+                 "test_images": len(data.test), "held_out_images": len(data.val) if data.val is not None else 0},
     }
 
 
@@ -157,10 +159,11 @@ def read_metrics(path: Path, last_epoch: int) -> list[dict]:
     return rows
 
 
-def write_results(run, logits: torch.Tensor, logits_tta: torch.Tensor) -> dict:
+def write_results(run, logits: torch.Tensor, logits_tta: torch.Tensor, held_out: torch.Tensor | None = None) -> dict:
     """results.json, per_class.csv, the plots, model/ (weights, config with the temperature and the headline
     results, the misclassified pack) and its model card, from the whole test split's logits (any device, any
-    dtype: they are copied to the CPU in float32 first, and the network is saved from a CPU float32 copy)."""
+    dtype: they are copied to the CPU in float32 first, and the network is saved from a CPU float32 copy). With
+    `held_out`, the logits of the training images held out (--holdout): their accuracy is `val_acc`."""
     from hub.card import write_model_card
     from s10 import plots
     from s10.evaluate import headline, misclassified, save_misclassified, test_results, write_misclassified_grid
@@ -171,6 +174,10 @@ def write_results(run, logits: torch.Tensor, logits_tta: torch.Tensor) -> dict:
     results.update(epochs=len(run.rows), peak_lr=run.recipe.max_lr,
                    train_time_s=round(sum(r["epoch_time_s"] for r in run.rows), 1),
                    final_train_acc=round(run.rows[-1]["train_acc"], 6))
+    if held_out is not None:
+        labels = data.val.labels
+        results.update(val_acc=round((held_out.detach().float().cpu().argmax(1) == labels).float().mean().item(), 6),
+                       val_images=len(labels))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     with open(out / "per_class.csv", "w", newline="") as f:
         writer = csv.writer(f)

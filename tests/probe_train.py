@@ -7,7 +7,8 @@ rank runs this file, since Fabric's launcher starts the other ranks with the sam
 - `lr_suggestion`, `lr_sweep`: what this rank's LR range test suggested, and the (smoothed) losses that drove it;
 - `scaler`: under 16-mixed, the gradient scaler's state before and after the LR range test;
 - `after_lr_find` and `final`: a checksum of every parameter and buffer of this rank's network, after the LR range
-  test restored it and at the end of the run; `final_state` holds the full tensors in `probe-rank<R>.safetensors`.
+  test restored it and at the end of the run; `probe-rank<R>.safetensors` holds the full tensors of the network this
+  rank evaluates at the end (the weight average with --ema-decay).
 """
 
 import json
@@ -86,7 +87,7 @@ def finish(run):
     from safetensors.torch import save_file
 
     probe["final"] = checksums(run.net)
-    save_file({k: v.detach().cpu().contiguous() for k, v in run.net.state_dict().items()},
+    save_file({k: v.detach().cpu().contiguous() for k, v in run.published.state_dict().items()},
               str(out_dir / f"probe-rank{rank()}.safetensors"))
     return original_finish(run)
 

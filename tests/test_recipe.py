@@ -44,7 +44,8 @@ def test_decoupled_decay_skips_batch_norm_parameters_and_biases():
     """AdamW's groups: every convolution and linear weight decays, no batch-norm weight or bias and no linear bias
     does. One step with zero gradients moves a decayed weight by lr x decay of itself and leaves the others."""
     module = S10Module(recipe=Recipe(optimizer="adamw", weight_decay=0.5, max_lr=1.0, div_factor=10.0))
-    decayed, kept = module.decay_groups(0.5)
+    decayed, kept = module.param_groups()
+    assert (decayed["weight_decay"], kept["weight_decay"]) == (0.5, 0.0)
     names = {id(p): n for n, p in module.named_parameters()}
     assert {names[id(p)] for p in decayed["params"]} == {n for n, p in module.named_parameters()
                                                           if n.endswith("weight") and p.ndim > 1}
@@ -121,7 +122,13 @@ def test_a_run_with_the_weight_average_resumes_to_the_uninterrupted_end(tiny_dat
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--optimizer", "sgd"], "--optimizer must be adam or adamw"),
+    (["--optimizer", "lion"], "--optimizer must be one of adam, adamw, sgd"),
+    (["--schedule", "cosine"], "--schedule must be one of one_cycle, linear"),
+    (["--ghost-batch", "5"], "--ghost-batch must divide the batch size"),
+    (["--floor-epochs", "20"], "--floor-epochs must end after the peak"),
+    (["--logit-scale", "0"], "--logit-scale must be positive"),
+    (["--recipe", "adam"], "argument --recipe: invalid choice"),
+    (["--recipe", "page", "--find-lr", "--max-lr", "0.1"], "not allowed with argument"),
     (["--ema-decay", "1"], "--ema-decay must lie in [0, 1)"),
     (["--ema-every", "0"], "--ema-every must be at least 1"),
 ])
@@ -149,9 +156,10 @@ def test_the_weight_average_only_observes_the_training(tiny_data, tmp_path):
     assert rows == [0.0, 0.7]
 
 
-def test_the_course_recipe_is_reproduced_by_its_documented_flags():
-    """docs/training.md's flags for the course's recipe give exactly the recipe the course release ran (its record in
-    release/recipes/course), but for the seed and the found peak LR; the defaults give the seeds' recipe."""
+def test_the_course_recipe_is_reproduced_by_its_name_and_its_documented_flags():
+    """`--recipe course`, and docs/training.md's flags for it, give exactly the recipe the course release ran (its
+    record in release/recipes/course), but for the seed and the found peak LR, with the LR range test on; the
+    defaults give the seeds' recipe."""
     import re
 
     import fabric_train
@@ -161,13 +169,16 @@ def test_the_course_recipe_is_reproduced_by_its_documented_flags():
 
     text = (ROOT / "docs" / "training.md").read_text()
     flags = re.search(r"\*\*The course's recipe\*\*: `([^`]+)`", text).group(1).split()
-    args = fabric_train.parse_args(["--data", "x", "--out", "y", *flags])
     course = json.loads((ROOT / "release" / "recipes" / "course" / "seed0" / "config.json").read_text())["recipe"]
-    assert seeds.full_recipe(dataclasses.asdict(new_recipe(args))) == seeds.full_recipe(course)
+    for argv in (flags, ["--recipe", "course"]):
+        args = fabric_train.parse_args(["--data", "x", "--out", "y", *argv])
+        assert seeds.full_recipe(dataclasses.asdict(new_recipe(args))) == seeds.full_recipe(course), argv
+        assert args.find_lr, argv
     assert seeds.full_recipe(dataclasses.asdict(Recipe())) != seeds.full_recipe(course)
     summary = ROOT / "release" / "seeds" / "summary.json"
     if summary.is_file():  # once the seeds are recorded: they ran the default recipe
-        assert json.loads(summary.read_text())["recipe"] == seeds.full_recipe(dataclasses.asdict(Recipe()))
+        recorded = json.loads(summary.read_text())["recipe"]
+        assert seeds.full_recipe(recorded) == seeds.full_recipe(dataclasses.asdict(Recipe()))
 
 
 def test_a_record_from_before_the_options_resumes_as_it_ran():
@@ -200,3 +211,169 @@ def test_the_average_on_the_full_training_set_is_not_warned_short(caplog):
         assert not caplog.records
         fabric_train.warn_short_average(dataclasses.replace(pages, epochs=12), 50_000 // pages.batch_size)
         assert "initial weights" in caplog.text
+
+
+def test_the_page_recipe_is_pages_baseline_and_single_flags_override_it():
+    """`--recipe page`: SGD with Nesterov momentum 0.9, a given peak LR 0.4 (no range test), L2 5e-4 on every
+    parameter, logits x 0.125 in the loss, the linear 0 -> peak at epoch 5 -> 0 at epoch 24 schedule, plain flip, no
+    smoothing or average. A single flag overrides one value and keeps the rest."""
+    import fabric_train
+    from s10.record import new_recipe
+
+    args = fabric_train.parse_args(["--data", "x", "--out", "y", "--recipe", "page"])
+    r = new_recipe(args)
+    assert not args.find_lr
+    assert (r.optimizer, r.momentum, r.nesterov, r.max_lr, r.weight_decay, r.logit_scale, r.schedule) == (
+        "sgd", 0.9, True, 0.4, 5e-4, 0.125, "linear")
+    assert (r.label_smoothing, r.alternating_flip, r.ema_decay, r.epochs, r.batch_size) == (0.0, False, 0.0, 24, 512)
+    module = S10Module(recipe=r, steps_per_epoch=97)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.SGD) and len(optimizer.param_groups) == 1
+    assert optimizer.param_groups[0]["nesterov"] and optimizer.param_groups[0]["weight_decay"] == 5e-4
+    lrs = module.lr_schedule()
+    assert len(lrs) == 24 * 97 and lrs[0] == 0.0 and max(lrs) == pytest.approx(0.4, rel=1e-3)
+    assert lrs.index(max(lrs)) == round(5 * 97) and lrs[-1] == pytest.approx(0.4 / (19 * 97), rel=1e-6)
+    changed = new_recipe(fabric_train.parse_args(["--data", "x", "--out", "y", "--recipe", "page",
+                                                  "--label-smoothing", "0.2"]))
+    assert changed == dataclasses.replace(r, label_smoothing=0.2)
+
+
+def test_the_linear_schedule_holds_its_floor_over_the_last_epochs():
+    r = Recipe(schedule="linear", max_lr=1.0, epochs=10, pct_start=0.2, lr_floor=0.1, floor_epochs=2)
+    lrs = S10Module(recipe=r, steps_per_epoch=10).lr_schedule()
+    assert lrs[0] == 0.0 and lrs[10] == pytest.approx(0.5) and lrs[20] == pytest.approx(1.0)
+    assert lrs[50] == pytest.approx(1.0 - 0.9 * 30 / 60)  # halfway down from the peak to the floor
+    assert all(lr == pytest.approx(0.1) for lr in lrs[80:])
+
+
+def test_sgd_takes_a_nesterov_step_with_l2_on_every_parameter():
+    """Two steps of the optimizer against the update written out: g' = g + wd w; v = m v + g'; w -= lr (g' + m v)."""
+    r = Recipe(optimizer="sgd", schedule="linear", max_lr=0.5, weight_decay=0.01, momentum=0.9)
+    module = S10Module(recipe=r, steps_per_epoch=10)
+    optimizer = module.configure_optimizers()["optimizer"]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.5
+    w = {n: p.detach().clone() for n, p in module.named_parameters()}
+    v = {n: torch.zeros_like(t) for n, t in w.items()}
+    torch.manual_seed(1)
+    for _ in range(2):
+        grads = {n: torch.randn_like(t) for n, t in w.items()}
+        for n, p in module.named_parameters():
+            p.grad = grads[n].clone()
+        optimizer.step()
+        for n in w:
+            g = grads[n] + 0.01 * w[n]
+            v[n] = 0.9 * v[n] + g
+            w[n] = w[n] - 0.5 * (g + 0.9 * v[n])
+    for n, p in module.named_parameters():
+        torch.testing.assert_close(p.detach(), w[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_the_logit_scale_is_in_the_loss_only():
+    """logit_scale multiplies the logits inside the training loss; the network's outputs (what is published and
+    evaluated) are the same as without it."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    plain = S10Module(recipe=Recipe(label_smoothing=0.0)).eval()
+    scaled = S10Module(recipe=Recipe(label_smoothing=0.0, logit_scale=0.125)).eval()
+    scaled.load_state_dict(plain.state_dict())
+    logits = plain(x)
+    torch.testing.assert_close(scaled(x), logits)
+    want = torch.nn.functional.cross_entropy(logits * 0.125, y)
+    torch.testing.assert_close(scaled.training_step((x, y), 0)["loss"], want)
+    assert not torch.allclose(plain.training_step((x, y), 0)["loss"], want)
+
+
+def test_ghost_batch_norm_normalises_each_group_and_keeps_the_network():
+    """Ghost batch norm of groups of 4 in an 8-image batch: the training output is each group through its own
+    plain batch norm; the running statistics move once, by the groups' average; evaluation, the parameters and the
+    state dict's keys are as without it."""
+    from s10.module import ghost_batch_norm
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(3).train()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+    holder = torch.nn.Sequential(bn)
+    x = torch.randn(8, 3, 5, 5) * 3 + 1
+    groups = [copy_of(bn) for _ in range(2)]
+    want = torch.cat([g(part) for g, part in zip(groups, x.chunk(2))])
+    with ghost_batch_norm(holder, 4):
+        got = holder(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, (groups[0].running_mean + groups[1].running_mean) / 2)
+    torch.testing.assert_close(bn.running_var, (groups[0].running_var + groups[1].running_var) / 2)
+    assert int(bn.num_batches_tracked) == 1 and "forward" not in vars(bn)  # restored after the block
+    plain = copy_of(bn)
+    torch.testing.assert_close(holder(x), plain(x))  # outside the block: plain batch norm
+    module = S10Module(recipe=Recipe(ghost_batch=4))
+    assert module.state_dict().keys() == S10Module().state_dict().keys()
+    module.eval()
+    with ghost_batch_norm(module.net, 4):
+        out = module(x.repeat(1, 1, 7, 7)[:, :, :32, :32])
+    torch.testing.assert_close(out, module(x.repeat(1, 1, 7, 7)[:, :, :32, :32]))  # evaluation: running statistics
+
+
+def copy_of(module):
+    import copy
+
+    return copy.deepcopy(module)
+
+
+def test_frozen_scales_and_the_bias_multipliers():
+    """freeze_bn_scale keeps every batch-norm scale at 1 and out of the optimizer (the parameters stay: the count
+    and the state dict are the spec's); bn_bias_lr / bn_bias_decay give the batch-norm biases their own group."""
+    from s10.module import batch_norms
+
+    r = Recipe(optimizer="sgd", schedule="linear", max_lr=0.4, weight_decay=5e-4, freeze_bn_scale=True,
+               bn_bias_lr=64.0, bn_bias_decay=1 / 64)
+    module = S10Module(recipe=r, steps_per_epoch=10)
+    assert sum(p.numel() for p in module.net.parameters()) == 6_573_130
+    optimizer = module.configure_optimizers()["optimizer"]
+    main, biases = optimizer.param_groups
+    bns = batch_norms(module.net)
+    assert {id(p) for p in biases["params"]} == {id(bn.bias) for bn in bns}
+    assert biases["lr_scale"] == 64.0 and biases["weight_decay"] == pytest.approx(5e-4 / 64)
+    optimizer_params = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert not any(id(bn.weight) in optimizer_params for bn in bns)
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    opt = scheduler.optimizer
+    for _ in range(5):
+        opt.step(), scheduler.step()
+    assert opt.param_groups[1]["lr"] == pytest.approx(64 * opt.param_groups[0]["lr"])
+    x = torch.randn(4, 3, 32, 32)
+    loss = module.training_step((x, torch.zeros(4, dtype=torch.int64)), 0)["loss"]
+    loss.backward()
+    assert all(bn.weight.grad is None and torch.equal(bn.weight, torch.ones_like(bn.weight)) for bn in bns)
+
+
+def test_a_held_out_split_is_measured_and_never_trained_on(tiny_data, tmp_path):
+    """--holdout: the held-out images are left out of training (the sizes say so) and measured at the end as
+    val_acc; the recipe's name and the options (ghost batch norm, frozen scales, bias LR) reach config.json."""
+    a = tmp_path / "a"
+    flags = ["--batch-size", 8, "--epochs", 1, "--no-progress-bar", "--precision", "32-true", "--recipe", "page"]
+    ok(run_train("--data", tiny_data, "--out", a, *flags, "--holdout", 10, "--ghost-batch", 4,
+                 "--freeze-bn-scale", "--bn-bias-lr", 16))
+    results = json.loads((a / "results.json").read_text())
+    config = json.loads((a / "config.json").read_text())
+    assert results["val_images"] == 10 and 0 <= results["val_acc"] <= 1
+    assert config["data"]["held_out_images"] == 10 and config["data"]["train_images"] == 3 * 24 - 10
+    assert config["args"]["recipe"] == "page" and config["args"]["holdout"] == 10
+    assert (config["recipe"]["ghost_batch"], config["recipe"]["freeze_bn_scale"], config["recipe"]["bn_bias_lr"]) \
+        == (4, True, 16.0)
+
+
+def test_the_weight_average_is_the_same_on_every_rank(tiny_data, tmp_path):
+    """Two processes (DDP, gloo) with a fast average: at the end both ranks evaluate the same averaged network,
+    batch-norm statistics included, and it is the one published, so results.json is the published weights' figure."""
+    from tests.conftest import ROOT
+
+    run = tmp_path / "run"
+    ok(run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", run, *SMOKE, "--epochs", 2,
+                 "--ema-decay", 0.5, "--ema-every", 1, script=ROOT / "tests" / "probe_train.py"))
+    ranks = [load_file(run / f"probe-rank{r}.safetensors") for r in (0, 1)]
+    published = load_file(run / "model" / "model.safetensors")
+    assert any("running_mean" in k for k in published)
+    for k, v in published.items():
+        assert torch.equal(ranks[0][f"{k}"].contiguous(), ranks[1][k].contiguous()), k
+        torch.testing.assert_close(ranks[0][k].float(), v.float(), rtol=0, atol=0, msg=k)
