@@ -19,6 +19,8 @@ START = "<!-- results:start (written by `python -m s10.report`; do not edit by h
 END = "<!-- results:end -->"
 HEADLINE_START = "<!-- headline:start (written by `python -m s10.report`; do not edit by hand) -->"
 HEADLINE_END = "<!-- headline:end -->"
+RUN_START = "<!-- run:start (written by `python -m s10.report`; do not edit by hand) -->"
+RUN_END = "<!-- run:end -->"
 
 
 def pct(x: float) -> str:
@@ -268,6 +270,31 @@ def headline(run: Path) -> str:
     return text + "\n"
 
 
+def readme_run(run: Path, relative_to: Path) -> str:
+    """The README's own report of the release run, below the quick start: what the assignment asks the README itself
+    to show. The loss and accuracy curves, the 10 misclassified test images with their true and predicted labels
+    (the picture and a table), and the training log, folded so that the first screen stays the product."""
+    run = Path(run)
+    link = os.path.relpath(run, relative_to).replace(os.sep, "/")
+    results = json.loads((run / "results.json").read_text())
+    mistakes = json.loads((run / "model" / "misclassified.json").read_text())[:10]
+    log = (run / "train.log").read_text().rstrip("\n")
+    lines = ["### Loss and accuracy per epoch", "",
+             f"![training and test loss, accuracy and learning rate per epoch]({link}/curves.png)", "",
+             f"### 10 misclassified test images", "",
+             f"The 10 most confident mistakes among the {results['test_images']:,} test images, each captioned with "
+             "its true and predicted label:", "",
+             f"![10 misclassified test images with true and predicted labels]({link}/misclassified.png)", "",
+             "| # | test image | true | predicted | confidence |", "|---:|---:|---|---|---:|",
+             *(f"| {k} | {m['test_index']} | {m['true']} | {m['pred']} | {pct(m['confidence'])} |"
+               for k, m in enumerate(mistakes, 1)), "",
+             "### Training log", "", "<details>",
+             f"<summary><code>{link}/train.log</code>: {results['epochs']} epochs, then the final evaluation "
+             "(click to open)</summary>", "", "```text", log, "```", "", "</details>", "",
+             f"Per-epoch figures, the confusion matrix and calibration: [docs/results.md](docs/results.md).", ""]
+    return "\n".join(lines)
+
+
 def rewrite_section(path: Path, section: str, start: str = START, end: str = END) -> None:
     text = path.read_text()
     if start not in text or end not in text:
@@ -280,7 +307,8 @@ def rewrite_section(path: Path, section: str, start: str = START, end: str = END
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m s10.report", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished run folder")
-    parser.add_argument("--readme", type=Path, help="rewrite this README's headline between its markers")
+    parser.add_argument("--readme", type=Path, help="rewrite this README's headline and run report between their "
+                        "markers")
     parser.add_argument("--results", type=Path, help="rewrite this page's results section between its markers")
     args = parser.parse_args(argv)
     missing = [n for n in ("config.json", "results.json", "metrics.csv") if not (args.run / n).is_file()]
@@ -290,6 +318,7 @@ def main(argv=None) -> int:
     try:
         if args.readme:
             rewrite_section(args.readme, headline(args.run), HEADLINE_START, HEADLINE_END)
+            rewrite_section(args.readme, readme_run(args.run, args.readme.resolve().parent), RUN_START, RUN_END)
         if args.results:
             rewrite_section(args.results, render(args.run, args.results.resolve().parent))
         if not (args.readme or args.results):

@@ -38,6 +38,28 @@ def test_report_reproduces_the_results_page_and_the_readme_headline():
     assert readme_headline() == "\n" + headline(RELEASE)
 
 
+def test_the_readme_itself_shows_the_curves_the_ten_mistakes_and_the_log():
+    """What the assignment asks of the README, in README.md itself (not behind a link), generated from release/:
+    the curves and the mistakes' pictures (files that exist), the 10 mistakes' true and predicted labels as the
+    release's misclassified pack has them, and every line of train.log in a folded block."""
+    import re
+
+    from s10.report import RUN_END, RUN_START, readme_run
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split(RUN_START, 1)[1].split(RUN_END, 1)[0]
+    assert section == "\n" + readme_run(RELEASE, ROOT)
+    assert text.index(RUN_START) > text.index("## Quick start")
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", section):
+        assert (ROOT / image).is_file(), image
+    assert {"release/curves.png", "release/misclassified.png"} <= set(re.findall(r"\]\((release/[^)]+\.png)\)", section))
+    mistakes = json.loads((RELEASE / "model" / "misclassified.json").read_text())[:10]
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| (\w+) \| (\w+) \|", section, re.M)
+    assert [(int(i), t, p) for _, i, t, p in rows] == [(m["test_index"], m["true"], m["pred"]) for m in mistakes]
+    folded = section.split("<details>", 1)[1].split("</details>", 1)[0]
+    assert all(line in folded for line in (RELEASE / "train.log").read_text().splitlines())
+
+
 def test_every_benchmark_section_is_what_its_result_file_renders():
     """No figure in the README or docs/ is typed by hand: each marked section equals what bench/render.py makes of
     the committed result file, and every result file has its section."""
