@@ -21,22 +21,21 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 install: $(VENV)/.installed
 
-# Debian's Chromium for the browser test (Playwright's own browser download does not work offline).
-browser:
-	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+# A Chromium for the browser test and the screenshots: the system's where there is one; else, as root, Debian's package;
+# else Playwright's own browser download (needs internet; no root). tests/conftest.py's system_chromium picks it up.
+browser: install
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else $(PY) -m playwright install chromium; fi
 
-# The offline CIFAR-10 copy (../shared/data); with internet, --data cifar10 downloads it instead. The unpacked
-# folder is tied to the archive by its sha256 (.data/cifar10.sha256): a folder from another archive, such as the
-# copy before 2026-11-25 with JPEG test images, is replaced.
+# CIFAR-10 as class folders in .data/cifar10 (s10/cifar10.py): the offline archive where it exists (../shared/data on
+# this project's machines; the folder is tied to it by its sha256, so a folder from another archive is replaced), else
+# torchvision's checksummed download. An existing folder is kept when there is no archive; nothing is removed before
+# its replacement is complete.
 ARCHIVE := $(SHARED)/data/cifar10-imagefolder.tar.gz
-data:
-	@want=$$(sha256sum $(ARCHIVE) | cut -d' ' -f1) && \
-	if [ -d $(DATA) ] && [ "$$(cat $(DATA).sha256 2>/dev/null)" = "$$want" ]; then \
-		echo "$(DATA) is unpacked from $(ARCHIVE)"; \
-	else \
-		echo "unpacking $(ARCHIVE) into $(DATA)" && rm -rf $(DATA) $(DATA).sha256 && mkdir -p .data && \
-		tar -xzf $(ARCHIVE) -C .data/ && echo "$$want" > $(DATA).sha256; \
-	fi
+data: install
+	$(PY) -m s10.cifar10 $(DATA) --archive $(ARCHIVE)
 
 test: install browser data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm" --durations=15
@@ -44,11 +43,18 @@ test: install browser data
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm and not slow and not browser"
 
+# RECIPE=course|page: a named recipe (docs/training.md: Recipes), which says where its peak LR comes from; without
+# one, the default recipe with the LR range test. FLAGS="...": single flags over it (--holdout 5000, --compile, ...).
+RECIPE ?=
+FLAGS ?=
+# The peak LR: the LR range test for the default recipe; a named recipe's own; LR="--max-lr 2.3e-3" to give one.
+LR ?= $(if $(RECIPE),,--find-lr)
+TRAIN_FLAGS = $(if $(RECIPE),--recipe $(RECIPE)) $(LR) $(FLAGS)
 train: install data
-	$(PY) fabric_train.py --data $(DATA) --out $(RUN) --find-lr
+	$(PY) fabric_train.py --data $(DATA) --out $(RUN) $(TRAIN_FLAGS)
 
 resume: install data
-	$(PY) fabric_train.py --data $(DATA) --out $(RUN) --find-lr --resume
+	$(PY) fabric_train.py --data $(DATA) --out $(RUN) $(TRAIN_FLAGS) --resume
 
 # The finished seeds' records (no weights) and their spread into release/seeds/, then into the README, the results
 # and the model card (seed 0 is the release).
@@ -60,15 +66,12 @@ seeds-record: install
 # The three-seed campaign of a recipe (docs/results.md): one run after another into $(SEEDS)/seed<k>. Run it again to
 # resume: a finished seed is skipped, a stopped one goes on from its last checkpoint.
 SEEDS ?= runs/seeds
-RECIPE ?=
-# The peak LR: each seed's own LR range test, or LR="--max-lr 2.3e-3" for one given to every seed (another recipe).
-LR ?= --find-lr
 seeds: install data
 	for k in 0 1 2; do \
 		out=$(SEEDS)/seed$$k; \
 		if [ -f $$out/results.json ]; then echo "seed $$k: done"; continue; fi; \
 		if [ -f $$out/config.json ]; then resume=--resume; else resume=; fi; \
-		$(PY) fabric_train.py --data $(DATA) --out $$out $(LR) --seed $$k --no-progress-bar $(RECIPE) $$resume \
+		$(PY) fabric_train.py --data $(DATA) --out $$out $(TRAIN_FLAGS) --seed $$k --no-progress-bar $$resume \
 			|| exit 1; \
 	done
 

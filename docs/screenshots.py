@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.ood import photo_sources  # noqa: E402  (the out-of-distribution set's photos)
-from tests.conftest import App  # noqa: E402  (the tests' real-server helper)
+from tests.conftest import App, system_chromium  # noqa: E402  (the tests' real-server and browser helpers)
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     app = App(ROOT / "space" / "app.py", env={"S10_MODEL": args.model}, cwd=ROOT)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = p.chromium.launch(executable_path=system_chromium(), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 1200}, device_scale_factor=1)
             page.goto(app.url, wait_until="networkidle")
             page.locator("img[src*='cat.png']").first.click()

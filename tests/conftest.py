@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,12 @@ def scaled_plugin(scaler=None):
     plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler or torch.amp.GradScaler("cpu"))
     plugin._desired_input_dtype = torch.bfloat16
     return plugin
+
+
+def system_chromium() -> str | None:
+    """The system's Chromium (Debian's package, `make browser` as root), or None: Playwright's own download
+    (`make browser` without root; `python -m playwright install chromium`)."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from PIL import Image
 from s10.cam import CAM_METHODS, CamError, class_maps, freeze
 from s10.inference import ImageError, load_image, to_input, top_k
 from s10.model import CIFAR10_MEAN, CIFAR10_STD, S10Net
-from tests.conftest import CIFAR_NAMES, RELEASED, ROOT
+from tests.conftest import CIFAR_NAMES, RELEASED, ROOT, system_chromium
 
 EXAMPLES = sorted((ROOT / "space" / "examples").glob("*.png"))
 
@@ -488,7 +488,7 @@ def test_browser_example_method_target_and_network_view(server, tmp_path):
         return page.locator("#cam-gallery .caption-label").all_inner_texts()
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+        browser = p.chromium.launch(executable_path=system_chromium(), args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1280, "height": 1500})

@@ -169,3 +169,142 @@ def test_a_class_folder_tree_of_png_and_jpeg_files_loads_as_decoded(tmp_path):
     for split, data in (("train", ds.train), ("test", ds.test)):
         assert data.labels.tolist() == [k for k, _ in expected[split]]
         assert np.array_equal(data.images.permute(0, 2, 3, 1).numpy(), np.stack([a for _, a in expected[split]]))
+
+
+# -- make data: the offline archive, else torchvision's download ------------------------------------------------------
+
+
+def download_archive(path, per_batch=10):
+    """An archive in the format of torchvision's CIFAR-10 download (cifar-10-batches-py/: five training batches, the
+    test batch and batches.meta, pickled dicts of uint8 rows), built from a slice of the offline copy when there is
+    one, else of seeded noise; the (train, test) images it holds, in file order, as (N, 32, 32, 3) arrays."""
+    import io
+    import tarfile
+
+    from tests.conftest import CIFAR, CIFAR_NAMES
+
+    rng = np.random.default_rng(0)
+    real = load_dataset(str(CIFAR)) if CIFAR.is_dir() else None
+
+    def take(split, n, offset):  # image j of a batch is of class j % 10: every class in every split
+        labels = [j % 10 for j in range(n)]
+        if real is None:
+            return rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), labels
+        part = getattr(real, split)
+        index = [int((part.labels == c).nonzero()[offset + j, 0]) for j, c in enumerate(labels)]
+        return part.images[index].numpy(), labels
+
+    members, held = {}, {"train": [], "test": []}
+    for k, (name, split) in enumerate([(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "test")]):
+        images, labels = take(split, per_batch, k * per_batch)
+        members[name] = {b"batch_label": name.encode(), b"labels": labels, b"data": images.reshape(len(images), -1)}
+        held[split] += list(zip(images.transpose(0, 2, 3, 1), labels))
+    members["batches.meta"] = {b"label_names": [c.encode() for c in CIFAR_NAMES], b"num_vis": 3072}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in members.items():
+            blob = pickle.dumps(content, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return held
+
+
+class LoopbackServer:
+    """A plain HTTP server on 127.0.0.1 serving one folder, in a thread; counts the requests."""
+
+    def __init__(self, folder):
+        import functools
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                server.requests += 1
+                return super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.requests = 0
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def make_data(data, shared, env=None):
+    import os
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    return subprocess.run(["make", "--no-print-directory", "data", f"DATA={data}", f"SHARED={shared}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def test_make_data_without_the_offline_copy_downloads_cifar10_into_class_folders(tmp_path):
+    """A clone with no ../shared: `make data` (the target itself) downloads the archive from the (here loopback)
+    server, checks its MD5, and writes the class folders the trainer reads, every pixel as served; run again, it
+    keeps the folder and fetches nothing."""
+    import hashlib
+
+    from PIL import Image
+
+    from tests.conftest import CIFAR_NAMES
+
+    served = tmp_path / "served"
+    served.mkdir()
+    held = download_archive(served / "cifar-10-python.tar.gz")
+    md5 = hashlib.md5((served / "cifar-10-python.tar.gz").read_bytes()).hexdigest()
+    server = LoopbackServer(served)
+    try:
+        env = {"S10_CIFAR10_URL": f"{server.url}/cifar-10-python.tar.gz", "S10_CIFAR10_MD5": md5}
+        data = tmp_path / "clone" / ".data" / "cifar10"
+        proc = make_data(data, tmp_path / "no-shared", env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "downloading CIFAR-10 through torchvision" in proc.stdout and server.requests
+        requests = server.requests  # torchvision asks once for redirects, then downloads
+        assert sorted(p.name for p in (data / "train").iterdir()) == list(CIFAR_NAMES)
+        dataset = load_dataset(str(data))  # what the trainer reads
+        assert (len(dataset.train), len(dataset.test), dataset.classes) == (50, 10, list(CIFAR_NAMES))
+        for split, width in (("train", 5), ("test", 4)):
+            for i, (image, label) in enumerate(held[split]):
+                path = data / split / CIFAR_NAMES[label] / f"{i:0{width}d}.png"
+                assert np.array_equal(np.asarray(Image.open(path)), image), path
+        again = make_data(data, tmp_path / "no-shared", env)
+        assert again.returncode == 0 and "kept as it is" in again.stdout and server.requests == requests
+    finally:
+        server.close()
+
+
+def test_make_data_never_removes_a_folder_it_cannot_replace(tmp_path):
+    """An unpacked folder and its stamp, no archive (../shared moved) and no server: `make data` keeps the folder
+    and succeeds. With no folder either, it fails in one line, leaving nothing half-made; a corrupt archive leaves
+    the folder it would have replaced as it was."""
+    data = tmp_path / ".data" / "cifar10"
+    (data / "train" / "cat").mkdir(parents=True)
+    (data / "train" / "cat" / "0.png").write_bytes(b"kept")
+    data.with_name("cifar10.sha256").write_text("an earlier archive\n")
+    offline = {"S10_CIFAR10_URL": "http://127.0.0.1:9/cifar-10-python.tar.gz"}  # port 9 (discard): refused
+    proc = make_data(data, tmp_path / "moved", offline)
+    assert proc.returncode == 0, proc.stderr
+    assert "kept as it is" in proc.stdout and (data / "train" / "cat" / "0.png").read_bytes() == b"kept"
+
+    corrupt = tmp_path / "shared" / "data" / "cifar10-imagefolder.tar.gz"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b"not a tar file")
+    proc = make_data(data, tmp_path / "shared", offline)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and any("cannot be unpacked" in line for line in err), proc.stderr
+    assert "Traceback" not in proc.stderr and (data / "train" / "cat" / "0.png").read_bytes() == b"kept"
+
+    empty = tmp_path / "fresh" / ".data" / "cifar10"
+    proc = make_data(empty, tmp_path / "moved", offline)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert any(line.startswith("make data: error: cannot download CIFAR-10") for line in proc.stderr.splitlines())
+    assert not empty.exists() and list(empty.parent.iterdir()) in ([], [empty.parent / "downloads"])
