@@ -350,9 +350,12 @@ def find_lr(run: Run) -> float:
     scaler = getattr(fabric.strategy.precision, "scaler", None)  # 16-mixed: the loss scale must not drift
     scaler_state = scaler.state_dict() if scaler is not None else None
     optimizer = fabric.setup_optimizers(run.module.configure_optimizers()["optimizer"])
-    found = lr_range_test(step_loss, run.model, optimizer, batches, backward=fabric.backward,
-                          reduce=lambda loss: fabric.all_reduce(loss, reduce_op="mean"),
-                          num_steps=recipe.lr_find_steps)
+    try:  # every rank sees the same averaged losses, so all of them fail together
+        found = lr_range_test(step_loss, run.model, optimizer, batches, backward=fabric.backward,
+                              reduce=lambda loss: fabric.all_reduce(loss, reduce_op="mean"),
+                              num_steps=recipe.lr_find_steps)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if scaler is not None:
         scaler.load_state_dict(scaler_state)
     if fabric.is_global_zero:

@@ -39,6 +39,10 @@ def load_image(source, target_size: int = 32, notes: list[str] | None = None) ->
                 im = Image.open(io.BytesIO(source))
             else:
                 path = Path(source)
+                if not path.exists():
+                    raise ImageError(f"no such file: {path}")
+                if path.is_dir():
+                    raise ImageError(f"{path} is a folder, not an image file")
                 if path.stat().st_size == 0:
                     raise ImageError("the file is empty")
                 im = Image.open(path)
@@ -59,6 +63,8 @@ def load_image(source, target_size: int = 32, notes: list[str] | None = None) ->
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError):
         raise ImageError("not an image file that can be read (PNG, JPEG, WebP, GIF, BMP or TIFF)") from None
+    except PermissionError:
+        raise ImageError("the file cannot be read (permission denied)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageError(f"the image file is damaged or truncated ({type(err).__name__})") from None
 

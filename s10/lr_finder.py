@@ -70,8 +70,8 @@ def lr_range_test(
     try:
         for step in range(num_steps):
             lr = start_lr * gamma**step
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for group in optimizer.param_groups:  # a group's own multiple of the LR (bn_bias_lr) kept
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss = step_loss(batches[step % len(batches)])
             optimizer.zero_grad(set_to_none=True)
             backward(loss)
@@ -99,5 +99,7 @@ def suggest(result: LRFinderResult) -> float:
     """SUGGESTION_RULE, over the finite part of the sweep."""
     finite = [(sm, lr) for sm, lr in zip(result.smoothed, result.lrs) if math.isfinite(sm)]
     if not finite:
-        raise ValueError("LR range test: the loss was never finite; lower --lr-start")
+        first = f" ({result.lrs[0]:.0e})" if result.lrs else ""
+        raise ValueError(f"LR range test: the loss was not finite even at the smallest LR{first}; check the data, "
+                         "or give the peak LR with --max-lr instead of --find-lr")
     return min(finite)[1] / 10

@@ -38,6 +38,7 @@ import hashlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -252,6 +253,18 @@ def _check_cam(method: str, layer: str) -> None:
     check_method(method)
 
 
+def whole_number(value, name: str, low: int, high: int) -> int:
+    """A count from the page or the API: a whole number, clipped to [low, high]; anything else (None, text, 2.5)
+    is one clear error for the client, not int()'s TypeError."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number.is_integer():
+        raise gr.Error(f"{name} must be a whole number from {low} to {high}, got {value!r}", print_exception=False)
+    return max(low, min(int(number), high))
+
+
 def logits_of(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """The logits of one normalised image, and whether the detector calls it none of the ten."""
     with torch.inference_mode():
@@ -311,8 +324,8 @@ def explain(image, k: int = 3, show_cam: bool = True, n_cams: int = 3, layer: st
         x = to_input(picture, CONFIG.mean, CONFIG.std, CONFIG.input_size)
     except (ImageError, CamError) as err:
         raise gr.Error(str(err), print_exception=False) from None
+    n_maps = whole_number(n_cams, "the number of CAMs", 0, k) if target == TOP_CLASSES else 1
     seen = served(shown(square_resize(picture, CONFIG.input_size)), lossless=True)
-    n_maps = max(0, min(int(n_cams), k)) if target == TOP_CLASSES else 1
     if not show_cam or not n_maps:
         logits, fires = logits_of(x)
         probs = calibrated(logits[0], CONFIG.temperature)
@@ -353,7 +366,7 @@ def misclassified(count: int = 10, with_cam: bool = False, layer: str = LAYER, o
         _check_cam(method, layer)
     except CamError as err:
         raise gr.Error(str(err), print_exception=False) from None
-    count = max(1, min(int(count), len(PACK)))
+    count = whole_number(count, "the number of mistakes", 1, len(PACK))
     entries, images = PACK[:count], PACK_IMAGES[:count]
     pictures = [shown(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in images]
     if not with_cam:
@@ -418,6 +431,25 @@ def readable_upload(component: gr.Image) -> gr.Image:
     return component
 
 
+def numeric(slider: gr.Slider, name: str, whole: bool = True) -> gr.Slider:
+    """Make a value the API sends that is no number at all (None, text) a message naming the control, instead of
+    the generic error gradio's own check would raise. (Wrapped like readable_upload's image.)"""
+    preprocess = slider.preprocess
+    kind = "a whole number" if whole else "a number"
+
+    def checked(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception:
+            raise gr.Error(f"{name} must be {kind} from {slider.minimum:g} to {slider.maximum:g}, got {payload!r}",
+                           print_exception=False) from None
+
+    slider.preprocess = checked
+    return slider
+
+
 # -- the page --------------------------------------------------------------------------------------------------------
 
 SETTINGS = project_settings()
@@ -451,7 +483,7 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps", delet
         with gr.Column():
             # image_mode=None: the path of the upload as sent; load_image reads every mode (alpha goes on white)
             image = readable_upload(gr.Image(type="filepath", image_mode=None, label="Image", height=280))
-            k = gr.Slider(1, MAX_TOP_K, value=3, step=1, label="Top-k classes")
+            k = numeric(gr.Slider(1, MAX_TOP_K, value=3, step=1, label="Top-k classes"), "top-k")
             run = gr.Button("Classify", variant="primary")
         with gr.Column():
             seen = gr.Image(label="What the network sees (32x32, enlarged)", height=280, interactive=False,
@@ -464,9 +496,10 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps", delet
         with gr.Row(visible=False) as cam_controls:
             method = gr.Dropdown(list(CAM_METHODS), value=DEFAULT_METHOD, label="Method", elem_id="cam-method")
             target = gr.Dropdown(CAM_TARGETS, value=TOP_CLASSES, label="Explain", elem_id="cam-target")
-            n_cams = gr.Slider(1, MAX_TOP_K, value=3, step=1, label="Maps for the top classes (at most k)")
+            n_cams = numeric(gr.Slider(1, MAX_TOP_K, value=3, step=1, label="Maps for the top classes (at most k)"),
+                             "the number of CAMs")
             layer = gr.Dropdown(CONFIG.cam_layers, value=LAYER, label="Layer", elem_id="cam-layer")
-            opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Map opacity")
+            opacity = numeric(gr.Slider(0, 1, value=0.5, step=0.05, label="Map opacity"), "the opacity", whole=False)
         # fit_columns=False: one map (a chosen class) keeps a fifth of the width instead of stretching across it
         cam_gallery = gr.Gallery(label="Class activation maps", columns=5, fit_columns=False, height="auto",
                                  visible=False, format="png", elem_id="cam-gallery")
@@ -476,8 +509,8 @@ with gr.Blocks(title="S10 CIFAR-10 classifier with class activation maps", delet
             gr.Markdown(f"*Not available: {PACK_PROBLEM}.*", elem_id="misclassified-problem")
         with gr.Row(visible=False) as mis_controls:
             # (a slider needs two values; without a pack its checkbox is off and cannot be switched on)
-            mis_count = gr.Slider(1, max(2, len(PACK)), value=min(10, max(1, len(PACK))), step=1,
-                                  label="How many")
+            mis_count = numeric(gr.Slider(1, max(2, len(PACK)), value=min(10, max(1, len(PACK))), step=1,
+                                          label="How many"), "the number of mistakes")
             mis_cam = gr.Checkbox(value=False, label="Explain both ways: maps for the true and the predicted class "
                                                      "(method, layer and opacity above)")
         mis_gallery = gr.Gallery(label="Misclassified", columns=6, fit_columns=False, height="auto", visible=False,

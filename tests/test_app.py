@@ -440,6 +440,22 @@ def test_server_rejects_k_11_and_bad_uploads_then_still_answers(server, tmp_path
     assert "Traceback" not in "".join(server.lines[mark:])
 
 
+@pytest.mark.parametrize("count", [None, "x", 2.5])
+def test_the_api_says_what_is_wrong_with_a_count(server, count):
+    """The API takes any JSON value where the page has a slider: a count that is no whole number is one clear
+    message naming it, for the mistakes' gallery and for the CAMs, and the server still answers."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    client = server.client()
+    with pytest.raises(AppError, match=r"the number of mistakes must be a whole number from 1 to \d+, got"):
+        client.predict(count, False, "prep", 0.5, "GradCAM", api_name="/misclassified")
+    with pytest.raises(AppError, match=r"the number of CAMs must be a whole number from \d+ to \d+, got"):
+        client.predict(handle_file(str(EXAMPLES[0])), 3, True, count, "layer2", 0.5, "GradCAM", "top classes",
+                       api_name="/explain")
+    assert len(client.predict(3, False, "prep", 0.5, "GradCAM", api_name="/misclassified")) == 3
+
+
 def gallery_pixels(gallery):
     return [(np.asarray(Image.open(g["image"])), g["caption"]) for g in gallery]
 
@@ -528,12 +544,17 @@ def test_browser_example_method_target_and_network_view(server, tmp_path):
 def test_predict_command(smoke_run, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"text")
-    proc = subprocess.run([sys.executable, "-m", "s10.predict", str(EXAMPLES[0]), str(bad), "--top-k", "4",
-                           "--model", str(smoke_run / "model")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    missing, folder = tmp_path / "missing.jpg", tmp_path
+    proc = subprocess.run([sys.executable, "-m", "s10.predict", str(EXAMPLES[0]), str(bad), str(missing), str(folder),
+                           "--top-k", "4", "--model", str(smoke_run / "model")], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     line = proc.stdout.strip().splitlines()
     assert len(line) == 1 and line[0].startswith(str(EXAMPLES[0])) and line[0].count(",") == 3
-    assert "not an image" in proc.stderr and "Traceback" not in proc.stderr
+    errors = proc.stderr.strip().splitlines()
+    assert "not an image" in errors[0] and "Traceback" not in proc.stderr
+    assert errors[1:] == [f"{missing}: error: no such file: {missing}",
+                          f"{folder}: error: {folder} is a folder, not an image file"]
 
 
 def test_the_space_readme_python_snippet_runs_against_the_server(server, tmp_path, capsys):

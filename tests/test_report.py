@@ -267,3 +267,22 @@ def test_lr_schedule_peaks_at_epoch_5_of_24():
     assert len(schedule) == 240 and max(schedule) == pytest.approx(2e-3)
     assert schedule.index(max(schedule)) in (49, 50)  # 5/24 of 240 steps
     assert schedule[0] == pytest.approx(2e-5) and schedule[-1] == pytest.approx(2e-7, rel=0.05)
+
+
+def test_a_range_test_that_never_sees_a_finite_loss_is_one_line(tiny_data, tmp_path, capfd, monkeypatch):
+    """A loss that is never finite: the trainer says so in one line, names flags that exist, exits 2."""
+    import fabric_train
+    from s10.module import S10Module
+
+    real = S10Module.training_step
+
+    def nan_loss(self, batch, batch_idx):
+        out = real(self, batch, batch_idx)
+        return {**out, "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(S10Module, "training_step", nan_loss)
+    code = fabric_train.cli(["--data", str(tiny_data), "--out", str(tmp_path / "run"), "--smoke", "--find-lr",
+                             "--lr-find-steps", "3", "--batch-size", "16", "--no-progress-bar",
+                             "--precision", "32-true"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not finite" in err[0] and "--max-lr instead of --find-lr" in err[0], err
