@@ -55,6 +55,18 @@ class Dataset:
     val: Split | None = None  # training images held out of training (fabric_train.py --holdout)
 
 
+def fingerprint(data: Dataset) -> str:
+    """A short sha256 of the splits as trained and tested on (pixels, labels, order; the held-out images too): two
+    runs with the same fingerprint saw the same data, whatever folder it was read from."""
+    digest = hashlib.sha256()
+    for split in (data.train, data.test, data.val):
+        if split is not None:
+            digest.update(split.images.cpu().contiguous().numpy().tobytes())
+            digest.update(split.labels.cpu().numpy().tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
 # -- sources ---------------------------------------------------------------------------------------------------------
 
 

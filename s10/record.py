@@ -111,6 +111,8 @@ def provenance(data, code: dict) -> dict:
     import torchmetrics
     import torchvision
 
+    from s10.data import fingerprint
+
     cpu = hardware.cpu()
     gpu = None
     if torch.cuda.is_available():
@@ -125,7 +127,8 @@ def provenance(data, code: dict) -> dict:
                      "cpu_bf16": sorted(cpu.flags & set(hardware.BF16_FLAGS)), "cpu_avx512": "avx512f" in cpu.flags,
                      "gpu": gpu},
         "data": {"source": data.source, "classes": data.classes, "train_images": len(data.train),
-                 "test_images": len(data.test), "held_out_images": len(data.val) if data.val is not None else 0},
+                 "test_images": len(data.test), "held_out_images": len(data.val) if data.val is not None else 0,
+                 "fingerprint": fingerprint(data)},
     }
 
 

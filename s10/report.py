@@ -173,7 +173,8 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
         mine = spread or seeds.summarize([run])
         lines += ["", "### Recipes compared", "",
                   "This release's recipe beside the earlier ones (their records, no weights, in "
-                  f"[`recipes/`]({img('recipes')})), each over its seeds, the same data and test set:", "",
+                  f"[`recipes/`]({img('recipes')})), each over its seeds, all trained and tested on the same data "
+                  "(their records agree: `s10.seeds.data_of`):", "",
                   *seeds.compare_lines([*others, ("this release's recipe", mine)])]
     lines += [
         "",
@@ -231,19 +232,39 @@ def seeds_summary(run: Path) -> dict | None:
     if summary_key(summary) != recipe_key(config) or summary["precision"] != config["args"]["precision"]:
         raise ValueError(f"{path} is the spread of another recipe or precision than the release's; run "
                          "`make seeds-record` with this recipe's seeds, or remove it")
+    check_same_data(run, path.parent, summary)
     return summary
 
 
 def recipes(run: Path) -> list[tuple[str, dict]]:
     """Earlier recipes' records kept beside the release (`python -m s10.seeds RUN --out RUN/recipes/<name>`), less
-    any of the release's own recipe (its row is the release's)."""
+    any of the release's own recipe (its row is the release's). A record trained or tested on other data than the
+    release is refused (ValueError): the table compares recipes on one data set and test set."""
     from s10.seeds import recipe_key, summary_key
 
     folder = Path(run) / "recipes"
     found = sorted(folder.glob("*/summary.json")) if folder.is_dir() else []
     config = json.loads((Path(run) / "config.json").read_text())
     kept = [(path.parent.name, json.loads(path.read_text())) for path in found]
+    for path, (_, summary) in zip(found, kept):
+        check_same_data(run, path.parent, summary)
     return [(name, summary) for name, summary in kept if summary_key(summary) != recipe_key(config)]
+
+
+def check_same_data(run: Path, record: Path, summary: dict) -> None:
+    """A seeds' or recipe's record (its summary, or the first seed's own record for a summary from before the data
+    was in it) against the release's data."""
+    from s10.seeds import data_differences, data_of
+
+    def data(folder):
+        return data_of(*(json.loads((folder / n).read_text()) for n in ("config.json", "results.json")))
+
+    theirs = summary.get("data") or data(record / f"seed{summary['seeds'][0]['seed']}")
+    mine = data(Path(run))
+    differ = data_differences(theirs, mine)
+    if differ:
+        raise ValueError(f"{record} was trained or tested on other data than the release ({', '.join(differ)} "
+                         "differ); a spread or a comparison across data sets would mislead")
 
 
 def headline(run: Path) -> str:

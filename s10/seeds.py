@@ -4,8 +4,9 @@ deviation, which s10.report renders.
     python -m s10.seeds RUN [RUN ...] --out release/seeds            # make seeds-record SEEDS=~/s10-seeds
     python -m s10.seeds release --out release/recipes/course         # make recipe-record NAME=course RUNS=release
 
-Each run must be finished (results.json) and all must share one recipe but for the seed, the data and the precision;
-otherwise the spread would mix recipes. For each run, its config.json, results.json, metrics.csv and train.log go to
+Each run must be finished (results.json), and all must share one recipe (the seed apart), one precision, where the peak
+LR came from, and the data they were trained and tested on (`data_of`); otherwise the spread would mix recipes or data
+sets. For each run, its config.json, results.json, metrics.csv and train.log go to
 OUT/seed<k>/ (no checkpoint, no weights), and OUT/summary.json holds each seed's plain and flip-TTA accuracy with
 their mean and sample standard deviation (none for a single run). One run is a recipe's record without a spread: how
 an earlier release's recipe stays beside the new one (`release/recipes/<name>/`, the "Recipes compared" table).
@@ -55,16 +56,38 @@ def summary_key(summary: dict) -> tuple[dict, str | float]:
     return full_recipe(summary["recipe"]), summary.get("peak_lr", RANGE_TEST)
 
 
+def data_of(config: dict, results: dict) -> dict:
+    """What a run was trained and tested on, as its record says: the data's fingerprint (records from before it
+    have the sizes only), the sizes, the classes and the flags that cut the data. Two runs to pool must agree on
+    every item both have."""
+    args, data = config["args"], config.get("data", {})
+    return {"data fingerprint": data.get("fingerprint"), "training images": data.get("train_images"),
+            "test images": results.get("test_images", data.get("test_images")),
+            "held-out images": data.get("held_out_images", 0), "classes": data.get("classes"),
+            "--smoke": bool(args.get("smoke")), "--train-limit": args.get("train_limit"),
+            "--test-limit": args.get("test_limit"), "--holdout": args.get("holdout")}
+
+
+def data_differences(a: dict, b: dict) -> list[str]:
+    return [k for k in a if a[k] != b[k] and not (k == "data fingerprint" and None in (a[k], b[k]))]
+
+
 def summarize(runs: list[Path]) -> dict:
     if not runs:
         raise SeedsError("no runs given")
-    seeds, recipe, precision, lr, where = [], None, None, None, []
+    seeds, recipe, precision, lr, where, data = [], None, None, None, [], None
     for run in runs:
         missing = [n for n in ("config.json", "results.json") if not (run / n).is_file()]
         if missing:
             raise SeedsError(f"{run} is not a finished run folder (missing {', '.join(missing)})")
         config, results = (json.loads((run / n).read_text()) for n in ("config.json", "results.json"))
         other = full_recipe(config["recipe"])
+        if data is None:
+            data = data_of(config, results)
+        elif data_differences(data_of(config, results), data):
+            mine = data_of(config, results)
+            raise SeedsError(f"{run} was not trained and tested on the first run's data (" + "; ".join(
+                f"{k}: {mine[k]} against {data[k]}" for k in data_differences(mine, data)) + ")")
         if recipe is None:
             recipe, precision, lr = other, config["args"]["precision"], peak_lr(config)
         elif other != recipe or config["args"]["precision"] != precision or peak_lr(config) != lr:
@@ -86,7 +109,7 @@ def summarize(runs: list[Path]) -> dict:
         values = [s[key] for s in seeds]
         return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
 
-    return {"runs": len(seeds), "recipe": recipe, "peak_lr": lr, "precision": precision, "seeds": seeds,
+    return {"runs": len(seeds), "recipe": recipe, "peak_lr": lr, "precision": precision, "data": data, "seeds": seeds,
             "test_acc": spread("test_acc"), "test_acc_tta": spread("test_acc_tta"), "hardware": sorted(set(where))}
 
 
@@ -147,8 +170,21 @@ def brief(recipe: dict, lr: str | float = RANGE_TEST) -> str:
     """What a recipe sets beyond the schedule, in words: optimizer and decay, label smoothing, EMA, flip, and where
     its peak LR came from (`peak_lr`: each seed's range test, or given)."""
     r = full_recipe(recipe)
-    parts = [f"{'AdamW, decoupled decay' if r['optimizer'] == 'adamw' else 'Adam, L2'} {r['weight_decay']:g}",
-             f"label smoothing {r['label_smoothing']:g}"]
+    optimizer = {"adamw": "AdamW, decoupled decay", "adam": "Adam, L2",
+                 "sgd": f"SGD{' Nesterov' if r['nesterov'] else ''} {r['momentum']:g}, L2"}[r["optimizer"]]
+    parts = [f"{optimizer} {r['weight_decay']:g}"]
+    if r["schedule"] == "linear":
+        parts.append("linear schedule" + (f" to {r['lr_floor']:g}x, held {r['floor_epochs']} epochs"
+                                          if r["floor_epochs"] else ""))
+    if r["logit_scale"] != 1:
+        parts.append(f"logits x {r['logit_scale']:g} in the loss")
+    parts.append(f"label smoothing {r['label_smoothing']:g}")
+    if r["ghost_batch"]:
+        parts.append(f"ghost batch norm of {r['ghost_batch']}")
+    if r["freeze_bn_scale"]:
+        parts.append("batch-norm scales frozen")
+    if (r["bn_bias_lr"], r["bn_bias_decay"]) != (1, 1):
+        parts.append(f"batch-norm biases at {r['bn_bias_lr']:g}x LR, {r['bn_bias_decay']:g}x decay")
     if r["ema_decay"]:
         parts.append(f"weight average {r['ema_decay']:g} every {r['ema_every']} steps")
     parts.append("alternating flip" if r["alternating_flip"] else "random flip")

@@ -9,15 +9,21 @@ from s10 import seeds
 from tests.conftest import ROOT
 
 
-def fake_run(folder, seed, acc, tta, label_smoothing=0.2, recipe=None, precision="bf16-mixed", max_lr=None):
+DATA = {"source": ".data/cifar10", "classes": ["airplane", "cat"], "train_images": 50000, "test_images": 10000,
+        "held_out_images": 0, "fingerprint": "0123456789abcdef"}
+
+
+def fake_run(folder, seed, acc, tta, label_smoothing=0.2, recipe=None, precision="bf16-mixed", max_lr=None,
+             args=None, data=None, test_images=10000):
     """A finished run's record: its peak LR from its own range test (each seed's differs), or `max_lr` given."""
     folder.mkdir(parents=True)
     recipe = {**(recipe or {"epochs": 24, "label_smoothing": label_smoothing}), "seed": seed,
               "max_lr": max_lr or 2.3e-3 + seed * 1e-5}
-    args = {"precision": precision, "find_lr": max_lr is None}
-    (folder / "config.json").write_text(json.dumps({"recipe": recipe, "args": args,
+    args = {"precision": precision, "find_lr": max_lr is None, **(args or {})}
+    (folder / "config.json").write_text(json.dumps({"recipe": recipe, "args": args, "data": {**DATA, **(data or {})},
                                                     "hardware": {"cpu_threads": 2, "cpu": "Xeon", "gpu": None}}))
-    (folder / "results.json").write_text(json.dumps({"test_acc": acc, "test_acc_tta": tta, "train_time_s": 60}))
+    (folder / "results.json").write_text(json.dumps({"test_acc": acc, "test_acc_tta": tta, "train_time_s": 60,
+                                                     "test_images": test_images}))
     (folder / "metrics.csv").write_text("epoch\n1\n")
     (folder / "checkpoints").mkdir()
     return folder
@@ -86,3 +92,42 @@ def test_the_aim_is_said_reached_only_at_its_mean_and_said_short_by_how_much(tmp
     assert "**not reached**, 0.79 points short." in seeds.aim_line(short)
     reached = seeds.summarize([fake_run(tmp_path / f"b{k}", k, 0.9450 + k * 1e-4, 0.95) for k in range(2)])
     assert seeds.aim_line(reached).endswith("**reached** (so far: 2 of the 3 seeds).")
+
+
+def test_runs_on_other_data_are_never_pooled(tmp_path):
+    """The review's case and its parts: a seed trained on a subset, tested on a subset, a smoke run, another data
+    set (fingerprint) or held-out split is refused by name; the same data read from another folder is pooled; a
+    record from before the fingerprint is compared by its sizes."""
+    a = fake_run(tmp_path / "a", 0, 0.94, 0.945)
+    other = [
+        (dict(args={"train_limit": 5000}, data={"train_images": 5000}), "--train-limit: 5000 against None"),
+        (dict(args={"test_limit": 1000}, test_images=1000), "test images: 1000 against 10000"),
+        (dict(args={"smoke": True}), "--smoke: True against False"),
+        (dict(data={"fingerprint": "fedcba9876543210"}), "data fingerprint: fedcba9876543210 against"),
+        (dict(args={"holdout": 5000}, data={"held_out_images": 5000, "train_images": 45000}), "--holdout: 5000"),
+    ]
+    for k, (change, message) in enumerate(other):
+        b = fake_run(tmp_path / f"b{k}", 1, 0.99, 0.99, **change)
+        proc = subprocess.run([sys.executable, "-m", "s10.seeds", str(a), str(b), "--out", str(tmp_path / "o")],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert proc.returncode == 2 and "not trained and tested on the first run's data" in proc.stderr, proc.stderr
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    moved = fake_run(tmp_path / "moved", 1, 0.94, 0.945, data={"source": "/root/s10-data/cifar10"})
+    older = fake_run(tmp_path / "older", 2, 0.94, 0.945, data={"fingerprint": None})
+    assert seeds.summarize([a, moved, older])["runs"] == 3
+
+
+def test_recipes_compared_and_the_seeds_must_share_the_releases_data(tmp_path):
+    """The report's "Recipes compared" and seeds' table say the runs share one data and test set: a record tested
+    on a subset is refused there too, one of the same data is shown."""
+    import pytest
+
+    from s10 import report
+
+    release = fake_run(tmp_path / "release", 0, 0.94, 0.945)
+    seeds.record([fake_run(tmp_path / "c", 0, 0.93, 0.935, label_smoothing=0.1)], release / "recipes" / "course")
+    assert [name for name, _ in report.recipes(release)] == ["course"]
+    subset = fake_run(tmp_path / "s", 0, 0.99, 0.99, label_smoothing=0.1, args={"test_limit": 1000}, test_images=1000)
+    seeds.record([subset], release / "recipes" / "subset")
+    with pytest.raises(ValueError, match="recipes/subset was trained or tested on other data than the release"):
+        report.recipes(release)
