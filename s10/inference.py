@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_PIXELS = 40_000_000  # larger uploads are refused before decoding (a decompression bomb costs RAM and seconds)
+# The one size limit: Pillow's own, past which it refuses to open a file (its decompression-bomb guard). Phone photos
+# (48, 50 and 108 MP modes) lie below it; their JPEGs decode at a reduced scale (draft), so their size costs little.
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+# Between half the limit and the limit Pillow warns on every open; the limit above is what counts here.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 MIN_SIDE = 8  # pixels; a thinner image has no square to crop that means anything
 MAX_TOP_K = 10
 
@@ -48,8 +54,7 @@ def load_image(source, target_size: int = 32, notes: list[str] | None = None) ->
                 im = Image.open(path)
         w, h = im.size
         if w * h > MAX_PIXELS:
-            raise ImageError(f"the image is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
-                             f"{MAX_PIXELS / 1e6:.0f}")
+            raise ImageError(too_large(w * h, f"{w}x{h} = "))
         if min(w, h) < MIN_SIDE:
             raise ImageError(f"the image is {w}x{h} pixels; it needs at least {MIN_SIDE} on each side")
         if im.format == "JPEG" and min(w, h) >= 8 * target_size:
@@ -61,12 +66,20 @@ def load_image(source, target_size: int = 32, notes: list[str] | None = None) ->
         return to_rgb(im)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as err:
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        raise ImageError(too_large(int(pixels.group(1)) if pixels else None)) from None
+    except UnidentifiedImageError:
         raise ImageError("not an image file that can be read (PNG, JPEG, WebP, GIF, BMP or TIFF)") from None
     except PermissionError:
         raise ImageError("the file cannot be read (permission denied)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageError(f"the image file is damaged or truncated ({type(err).__name__})") from None
+
+
+def too_large(pixels: int | None, size: str = "") -> str:
+    shown = f"{size}{pixels / 1e6:.0f} megapixels" if pixels else "larger than that"
+    return f"the image is {shown}; the most that can be read is {MAX_PIXELS / 1e6:.0f} megapixels"
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -87,7 +87,7 @@ TOP_CLASSES = "top classes"  # the CAM target that means "the top n classes", be
 CONCURRENCY = int(os.environ.get("S10_CONCURRENCY", "4"))  # requests of one kind run at once; more wait
 QUEUE_SIZE = 64  # requests waiting at most; a visitor beyond it is told the queue is full
 HUB_PROBE_TIMEOUT_S = 3.0
-MAX_UPLOAD = "30mb"  # refused by the server before it is stored (a 40-megapixel JPEG is about 20 MB)
+MAX_UPLOAD = "60mb"  # refused by the server before it is stored (a 108-megapixel phone JPEG is 20 to 40 MB)
 # Client-side rendering, on purpose: SSR needs Node 24+ beside Python, and Spaces would otherwise follow
 # GRADIO_SSR_MODE; the tests and the browser test run the page this way.
 SSR_MODE = False
