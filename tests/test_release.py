@@ -154,3 +154,22 @@ def test_the_served_page_states_the_readme_figures():
     texts = [c.get("props", {}).get("value") for c in page["components"]]
     header = next(t for t in texts if isinstance(t, str) and t.startswith("# S10"))
     assert f"Test accuracy: {plain} on the 10,000 CIFAR-10 test images ({tta} with flip TTA)." in header
+
+
+def test_the_docs_prose_quotes_no_measured_figure_and_no_stale_count():
+    """A figure typed into prose goes stale: outside the generated sections, docs/app.md names no deletion,
+    insertion or gap value (the benchmark's table holds them); the Space's one-line description states no count
+    of CAM methods other than the page's; docs/publishing.md's account of the bundle covers every module it holds."""
+    import re
+
+    from hub.space import INFERENCE_MODULES
+    from s10.cam import CAM_METHODS
+
+    prose = re.sub(r"<!-- bench:(\w+):start.*?<!-- bench:\1:end -->", "", (ROOT / "docs" / "app.md").read_text(),
+                   flags=re.S)
+    assert not re.findall(r"(?:deletion|insertion|gap)\s+[+-]?\d+\.\d+", prose)
+    space = (ROOT / "space" / "README.md").read_text()
+    description = re.search(r"^short_description: (.+)$", space, re.M).group(1)
+    assert all(int(n) == len(CAM_METHODS) for n in re.findall(r"(\d+) methods", description)), description
+    publishing = (ROOT / "docs" / "publishing.md").read_text()
+    assert "INFERENCE_MODULES" in publishing or all(m in publishing for m in INFERENCE_MODULES[1:])
