@@ -26,79 +26,22 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from s10 import hardware, record
+from s10.hardware import ACCELERATORS, PRECISIONS, STRATEGIES, canonical_precision, parse_devices
 from s10.record import UsageError, new_recipe, start_or_resume
+from s10.run import Run
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # the final evaluation and the saved weights need float32 weights
-STRATEGIES = ("auto", "ddp")  # FSDP/DeepSpeed shard the weights and the optimizer: the loop assumes whole copies
-ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
-SMOKE_TRAIN_BATCHES = 3  # --smoke: global batches of training data per epoch
-HOLDOUT_SEED = 20_171_001  # --holdout picks its images with this seed, whatever the run's
 log = logging.getLogger("s10")
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + error
         raise UsageError(message)
-
-
-@dataclass
-class Run:
-    """What the phases of a run share. Each phase takes the run and fills in or uses its parts."""
-
-    fabric: Any  # lightning.fabric.Fabric: devices, processes, precision, callbacks, loggers
-    args: argparse.Namespace  # the command line, precision resolved
-    recipe: Any  # s10.module.Recipe: epochs, batch size, learning rates (max_lr found by the LR range test)
-    code: dict  # the commit the code came from, read at start-up
-    saved: dict | None = None  # the run's config.json when it is resumed (global rank 0's copy, broadcast)
-    data: Any = None  # s10.data.Dataset on the host: classes, sizes, the whole test split for the final evaluation
-    train: Any = None  # the training split, uint8 on the device
-    test: Any = None  # this rank's shard of the test split, uint8 on the device
-    val: Any = None  # this rank's shard of the held-out training images (--holdout), uint8 on the device
-    mean: Any = None  # the normalisation's mean and std as float32 tensors on the device, made once
-    std: Any = None
-    module: Any = None  # s10.module.S10Module, the LightningModule; its network is module.net
-    ema: Any = None  # s10.module.WeightAverage of the network with --ema-decay, else None
-    model: Any = None  # the module as fabric.setup returned it (precision, DDP)
-    optimizer: Any = None
-    scheduler: Any = None
-    epoch: int = 0  # the last finished epoch
-    rows: list[dict] = field(default_factory=list)  # one metrics.csv row per finished epoch
-
-    @property
-    def out(self) -> Path:
-        return self.args.out
-
-    @property
-    def net(self):
-        return self.module.net
-
-    @property
-    def published(self):
-        """The network whose weights are evaluated at the end and published: the moving average, if there is one."""
-        return self.ema.net if self.ema is not None else self.module.net
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.out / "checkpoints" / "last.ckpt"
-
-    def state(self) -> dict:
-        """What checkpoints/last.ckpt holds: fabric.save and fabric.load read and fill this dict. Under 16-mixed the
-        gradient scaler's scale and growth tracker too, so a resumed run skips no step that the whole one took."""
-        state = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "epoch": self.epoch,
-                 "rng": torch.get_rng_state(), "recipe": asdict(self.recipe), "metrics": self.rows}
-        scaler = getattr(self.fabric.strategy.precision, "scaler", None)
-        if scaler is not None:
-            state["scaler"] = scaler
-        if self.ema is not None:
-            state["ema"] = self.ema
-        return state
 
 
 # -- arguments -------------------------------------------------------------------------------------------------------
@@ -150,7 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.recipe and RECIPES[args.recipe]["find_lr"] and args.max_lr is None:
         args.find_lr = True  # the recipe's peak LR is the range test's, unless one is given
     # `fabric run` reads --precision and --strategy itself (wherever they stand) and hands them over in LT_*.
-    args.precision = canonical_precision(args.precision or os.environ.get("LT_PRECISION"))
+    try:
+        args.precision = canonical_precision(args.precision or os.environ.get("LT_PRECISION"))
+        parse_devices(args.devices)  # checked before any process starts
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if os.environ.get("LT_PRECISION"):  # Fabric compares its precision with this one, alias and all
         os.environ["LT_PRECISION"] = args.precision
     if args.strategy == "auto" and os.environ.get("LT_STRATEGY", "auto") not in STRATEGIES:
@@ -160,36 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def canonical_precision(value: str | None) -> str | None:
-    """Fabric's name for a precision (aliases such as 'bf16' or '16' resolved), refused unless the trainer supports
-    it: the -true precisions other than 32-true would hand float32 images to a bf16/fp16/fp64 network at the end."""
-    from lightning.fabric.connector import _convert_precision_to_unified_args
-
-    if value is None:
-        return None
-    try:
-        name = _convert_precision_to_unified_args(value)
-    except ValueError:
-        name = value
-    if name not in PRECISIONS:
-        raise UsageError(f"--precision {value} is not supported: use one of {', '.join(PRECISIONS)}")
-    return name
-
-
 # -- Fabric ----------------------------------------------------------------------------------------------------------
-
-
-def parse_devices(value: str):
-    if value == "auto":
-        return "auto"
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"--devices must be 'auto', a count or a comma list of ids, got {value!r}") from None
 
 
 def build_fabric(args):
@@ -198,22 +116,14 @@ def build_fabric(args):
     default). A flag Fabric rejects is a usage error; anything else (a CUDA or NCCL failure, no memory) keeps its
     traceback."""
     from lightning.fabric import Fabric
-    from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from s10.callbacks import Checkpoint, ProgressBar
+    from s10.callbacks import Checkpoint, ProgressBar, run_loggers
     from s10.distributed import RankZeroCheckpointIO
 
     callbacks = [ProgressBar()] if args.progress_bar else []
     if args.checkpoint:
         callbacks.append(Checkpoint(args.out / "checkpoints"))
-    loggers = [CSVLogger(root_dir=args.out, name="", version="")]
-    try:
-        import tensorboard  # noqa: F401
-
-        loggers.append(TensorBoardLogger(root_dir=args.out, name="tensorboard", version=""))
-    except ImportError:
-        pass
     # Fabric announces the precision on stderr before the flags are all checked; the run's log states it instead.
     for name in ("lightning.fabric", "lightning.pytorch"):  # rank_zero_info logs to one of them
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -226,7 +136,7 @@ def build_fabric(args):
     try:
         fabric = Fabric(accelerator=args.accelerator, devices=parse_devices(args.devices), strategy=args.strategy,
                         num_nodes=args.num_nodes, precision=args.precision, plugins=[RankZeroCheckpointIO()],
-                        callbacks=callbacks, loggers=loggers)
+                        callbacks=callbacks, loggers=run_loggers(args.out))
     except (MisconfigurationException, ValueError, TypeError) as err:  # a flag Fabric does not accept
         raise UsageError(str(err).splitlines()[0]) from None
     args.precision = fabric.strategy.precision.precision  # what runs: Fabric turns 16-mixed on a CPU into bf16-mixed
@@ -241,41 +151,28 @@ def load_data(run: Run) -> None:
     each node's local rank 0, so nodes with a disk of their own prepare their own copy; then the other ranks, which
     read their node's cache. A data error on any rank stops every rank with that message. Every rank takes the same
     seeded subsets and puts the training split and its shard of the test split on its device."""
-    from s10.data import DataError, load_dataset, shard
+    from s10.data import DataError, load_dataset, select, shard
     from s10.distributed import first_error
 
     fabric, args, recipe = run.fabric, run.args, run.recipe
     data, error = None, None
-
-    def load():
-        nonlocal data, error
-        try:
-            data = load_dataset(args.data)
-        except DataError as err:
-            error = str(err)
-
-    with fabric.rank_zero_first(local=False):
-        if fabric.global_rank == 0:
-            load()
-    with fabric.rank_zero_first(local=True):
-        if fabric.global_rank != 0:
-            load()
+    for local in (False, True):  # global rank 0 first, then each node's local rank 0, then the rest
+        with fabric.rank_zero_first(local=local):
+            if (fabric.global_rank == 0) != local:
+                try:
+                    data = load_dataset(args.data)
+                except DataError as err:
+                    error = str(err)
     error = first_error(fabric, error)
     if error:
         raise UsageError(error)
-    pick = torch.Generator().manual_seed(recipe.seed)
-    train_limit = SMOKE_TRAIN_BATCHES * recipe.batch_size if args.smoke else args.train_limit
-    test_limit = 2 * recipe.batch_size + 1 if args.smoke else args.test_limit  # odd: uneven shards get exercised
-    if train_limit and train_limit < len(data.train):
-        data.train = data.train.subset(torch.randperm(len(data.train), generator=pick)[:train_limit].sort().values)
-    if test_limit and test_limit < len(data.test):
-        data.test = data.test.subset(torch.randperm(len(data.test), generator=pick)[:test_limit].sort().values)
-    if args.holdout:  # the same images for every seed and recipe: a seed of its own, not the run's
-        if not 0 < args.holdout < len(data.train):
-            raise UsageError(f"--holdout {args.holdout} must lie between 0 and the {len(data.train)} training images")
-        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
-        data.val = data.train.subset(order[:args.holdout].sort().values)
-        data.train = data.train.subset(order[args.holdout:].sort().values)
+    b = recipe.batch_size  # --smoke: 3 batches, and an odd test count (uneven shards get exercised)
+    limits = (3 * b, 2 * b + 1) if args.smoke else (args.train_limit, args.test_limit)
+    try:
+        select(data, recipe.seed, *limits, args.holdout)
+    except DataError as err:
+        raise UsageError(str(err)) from None
+    if data.val is not None:
         run.val = data.val.subset(shard(len(data.val), fabric.global_rank, fabric.world_size)).to(fabric.device)
     if len(data.train) < recipe.batch_size:
         raise UsageError(f"{len(data.train)} training images is less than one --batch-size {recipe.batch_size}")
@@ -290,7 +187,7 @@ def setup_model(run: Run) -> None:
     checkpoints and in the released weights, and every path to it (training step, evaluation, LR range test) runs
     the compiled code."""
     from s10.model import S10Config
-    from s10.module import S10Module, WeightAverage
+    from s10.module import S10Module, WeightAverage, short_average
 
     arch = S10Config(num_classes=len(run.data.classes), class_names=run.data.classes)
     with run.fabric.init_module():
@@ -301,23 +198,10 @@ def setup_model(run: Run) -> None:
     run.model = run.fabric.setup_module(run.module)
     if run.recipe.ema_decay:
         run.ema = WeightAverage(run.net, run.recipe.ema_decay)  # on the device, beside the network
-        warn_short_average(run.recipe, len(run.train) // run.recipe.batch_size)
+        short = short_average(run.recipe, len(run.train) // run.recipe.batch_size)
+        if short:
+            log.warning(short)
     run.mean, run.std = (torch.tensor(v, dtype=torch.float32, device=run.fabric.device) for v in (arch.mean, arch.std))
-
-
-SHORT_AVERAGE = 0.02
-
-
-def warn_short_average(recipe, steps_per_epoch: int) -> None:
-    """The published weights are the moving average: in a run too short for it, they are still mostly the initial
-    ones. Say so, with the way out, when more than SHORT_AVERAGE of the initial weights would be left at the end
-    (the recipe this average comes from, 0.99 every 5 steps for 24 epochs of 97 steps, leaves about 1 %)."""
-    updates = recipe.epochs * (steps_per_epoch // recipe.ema_every)
-    left = recipe.ema_decay ** updates
-    if left > SHORT_AVERAGE:
-        log.warning(f"the moving average of the weights (--ema-decay {recipe.ema_decay:g}, every {recipe.ema_every} "
-                    f"steps) gets {updates} updates in this run and still holds {left:.0%} of the initial weights at "
-                    "the end, and it is what is evaluated and published: for a run this short, pass --ema-decay 0")
 
 
 def setup_optimizer(run: Run) -> None:
@@ -474,10 +358,13 @@ def finish(run: Run) -> None:
     net.eval()
     logits = gather_uneven(fabric, predict_logits(net, run.test.images, run.mean, run.std, per_rank))
     flipped = gather_uneven(fabric, predict_logits(net, run.test.images, run.mean, run.std, per_rank, flip=True))
-    held_out = None if run.val is None else gather_uneven(fabric, predict_logits(net, run.val.images, run.mean,
-                                                                                  run.std, per_rank))
+    held_out = None if run.val is None else gather_uneven(
+        fabric, predict_logits(net, run.val.images, run.mean, run.std, per_rank))
     if fabric.is_global_zero:
+        from hub.card import write_model_card
+
         results = record.write_results(run, logits, (logits + flipped) / 2, held_out)
+        write_model_card(run.out)
         log.info(f"final evaluation of the published weights (float32, {results['test_images']:,} test images): "
                  f"test accuracy {results['test_acc']:.4f}, flip TTA {results['test_acc_tta']:.4f}; wrote {run.out}")
     fabric.barrier()
@@ -492,21 +379,6 @@ def finish(run: Run) -> None:
 
 
 # -- main ------------------------------------------------------------------------------------------------------------
-
-
-def setup_logging(out: Path, rank_zero: bool) -> None:
-    log.setLevel(logging.INFO)
-    log.handlers.clear()
-    log.propagate = False
-    if rank_zero:
-        for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler(sys.stdout)):
-            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-            log.addHandler(handler)
-
-
-def check_batch_size(batch_size: int | None, world_size: int) -> None:
-    if batch_size is not None and batch_size % world_size:
-        raise UsageError(f"--batch-size {batch_size} is not divisible by the {world_size} devices")
 
 
 def main(argv=None) -> int:
@@ -524,15 +396,15 @@ def main(argv=None) -> int:
         except DataError as err:
             raise UsageError(str(err)) from None
     fabric = build_fabric(args)
-    check_batch_size(new_recipe(args).batch_size if not args.resume else args.batch_size, fabric.world_size)
+    record.check_batch_size(new_recipe(args).batch_size if not args.resume else args.batch_size, fabric.world_size)
     if not os.environ.get("LT_CLI_USED"):  # `fabric run` has started the processes already
         fabric.launch()
     recipe, saved, has_checkpoint = start_or_resume(fabric, args)
-    check_batch_size(recipe.batch_size, fabric.world_size)  # a resumed run's own
+    record.check_batch_size(recipe.batch_size, fabric.world_size)  # a resumed run's own
     if fabric.is_global_zero:
         args.out.mkdir(parents=True, exist_ok=True)
     fabric.barrier()
-    setup_logging(args.out, fabric.is_global_zero)
+    record.setup_logging(log, args.out, fabric.is_global_zero)
     if fabric.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest convolution once
     seed_everything(recipe.seed, verbose=False)

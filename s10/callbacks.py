@@ -87,3 +87,18 @@ class Checkpoint:
         if fabric.is_global_zero:
             os.replace(tmp, self.path)
         fabric.barrier()
+
+
+def run_loggers(out: Path) -> list:
+    """Fabric's loggers for a run folder: CSVLogger (metrics.csv in the folder itself), and TensorBoardLogger
+    (out/tensorboard) when tensorboard is installed."""
+    from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = [CSVLogger(root_dir=out, name="", version="")]
+    try:
+        import tensorboard  # noqa: F401
+
+        loggers.append(TensorBoardLogger(root_dir=out, name="tensorboard", version=""))
+    except ImportError:
+        pass
+    return loggers

@@ -55,6 +55,26 @@ class Dataset:
     val: Split | None = None  # training images held out of training (fabric_train.py --holdout)
 
 
+HOLDOUT_SEED = 20_171_001  # the held-out images are picked with this seed, whatever the run's
+
+
+def select(data: Dataset, seed: int, train_limit: int | None, test_limit: int | None, holdout: int | None) -> None:
+    """Cut `data` in place as a run asks: seeded random subsets of `train_limit` training and `test_limit` test
+    images (the run's seed), then `holdout` training images set aside as `data.val`, the same ones for every seed
+    and recipe (HOLDOUT_SEED), so that recipes are compared on one held-out split."""
+    pick = torch.Generator().manual_seed(seed)
+    if train_limit and train_limit < len(data.train):
+        data.train = data.train.subset(torch.randperm(len(data.train), generator=pick)[:train_limit].sort().values)
+    if test_limit and test_limit < len(data.test):
+        data.test = data.test.subset(torch.randperm(len(data.test), generator=pick)[:test_limit].sort().values)
+    if holdout:
+        if not 0 < holdout < len(data.train):
+            raise DataError(f"--holdout {holdout} must lie between 0 and the {len(data.train)} training images")
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+        data.val = data.train.subset(order[:holdout].sort().values)
+        data.train = data.train.subset(order[holdout:].sort().values)
+
+
 def fingerprint(data: Dataset) -> str:
     """A short sha256 of the splits as trained and tested on (pixels, labels, order; the held-out images too): two
     runs with the same fingerprint saw the same data, whatever folder it was read from."""

@@ -102,3 +102,39 @@ def device_type(accelerator: str) -> str:
 def launched_elsewhere() -> bool:
     """Processes started by `fabric run`, torchrun or SLURM (each node's, each rank's) rather than by this one."""
     return bool(os.environ.get("LT_CLI_USED") or os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_NTASKS"))
+
+
+# -- the trainer's flags ---------------------------------------------------------------------------------------------
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # the final evaluation and the saved weights need float32 weights
+STRATEGIES = ("auto", "ddp")  # FSDP/DeepSpeed shard the weights and the optimizer: the loop assumes whole copies
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
+
+
+def canonical_precision(value: str | None) -> str | None:
+    """Fabric's name for a precision (aliases such as 'bf16' or '16' resolved), refused unless the trainer supports
+    it: the -true precisions other than 32-true would hand float32 images to a bf16/fp16/fp64 network at the end."""
+    from lightning.fabric.connector import _convert_precision_to_unified_args
+
+    if value is None:
+        return None
+    try:
+        name = _convert_precision_to_unified_args(value)
+    except ValueError:
+        name = value
+    if name not in PRECISIONS:
+        raise ValueError(f"--precision {value} is not supported: use one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def parse_devices(value: str):
+    if value == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--devices must be 'auto', a count or a comma list of ids, got {value!r}") from None

@@ -1,6 +1,7 @@
 """A training run's record: how a run folder starts (fresh, or resumed from what global rank 0 finds in it), its
 provenance and config.json, and at the end everything that is published (results.json, per_class.csv, the plots,
-model/ with the model card). fabric_train.py calls the writers on global rank 0.
+model/; fabric_train.py adds the model card, hub/card.py, since s10/ imports nothing from hub/). fabric_train.py calls
+the writers on global rank 0.
 
 Everything after training runs here, on CPU float32 copies of the gathered test logits (`write_results` makes
 them), whatever device and precision trained the network: the figures are those `python -m s10.evaluate` gets from
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import platform
 import subprocess
+import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,22 @@ class UsageError(Exception):
 
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]
+
+
+def setup_logging(log: logging.Logger, out: Path, rank_zero: bool) -> None:
+    """The run's log: train.log in the run folder and stdout, on global rank 0 only."""
+    log.setLevel(logging.INFO)
+    log.handlers.clear()
+    log.propagate = False
+    if rank_zero:
+        for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler(sys.stdout)):
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+            log.addHandler(handler)
+
+
+def check_batch_size(batch_size: int | None, world_size: int) -> None:
+    if batch_size is not None and batch_size % world_size:
+        raise UsageError(f"--batch-size {batch_size} is not divisible by the {world_size} devices")
 
 
 def recipe_flags(args) -> dict:
@@ -164,10 +183,9 @@ def read_metrics(path: Path, last_epoch: int) -> list[dict]:
 
 def write_results(run, logits: torch.Tensor, logits_tta: torch.Tensor, held_out: torch.Tensor | None = None) -> dict:
     """results.json, per_class.csv, the plots, model/ (weights, config with the temperature and the headline
-    results, the misclassified pack) and its model card, from the whole test split's logits (any device, any
+    results, the misclassified pack; the trainer adds the model card, hub/card.py), from the whole test split's logits (any device, any
     dtype: they are copied to the CPU in float32 first, and the network is saved from a CPU float32 copy). With
     `held_out`, the logits of the training images held out (--holdout): their accuracy is `val_acc`."""
-    from hub.card import write_model_card
     from s10 import plots
     from s10.evaluate import headline, misclassified, save_misclassified, test_results, write_misclassified_grid
 
@@ -201,5 +219,4 @@ def write_results(run, logits: torch.Tensor, logits_tta: torch.Tensor, held_out:
     net.config.results = headline(results)
     net.save_pretrained(out / "model")
     save_misclassified(pack, data.classes, out / "model")
-    write_model_card(out)
     return results

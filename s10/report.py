@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from s10.seeds import pct  # noqa: F401 (the one percent format; report reads seeds, never the reverse)
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "space" / "examples"  # the app's examples, <class>.png
 START = "<!-- results:start (written by `python -m s10.report`; do not edit by hand) -->"
 END = "<!-- results:end -->"
@@ -21,10 +23,6 @@ HEADLINE_START = "<!-- headline:start (written by `python -m s10.report`; do not
 HEADLINE_END = "<!-- headline:end -->"
 RUN_START = "<!-- run:start (written by `python -m s10.report`; do not edit by hand) -->"
 RUN_END = "<!-- run:end -->"
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.2f} %"
 
 
 def recipe_lines(config: dict, results: dict) -> list[str]:

@@ -28,6 +28,11 @@ AIM_SEEDS = 3  # over this many seeds
 RANGE_TEST = "range test"  # a recipe whose peak LR is each seed's LR range test's (summary.json's "peak_lr")
 
 
+def pct(x: float) -> str:
+    """A fraction as the project prints accuracies: 0.9371 -> "93.71 %"."""
+    return f"{100 * x:.2f} %"
+
+
 class SeedsError(ValueError):
     """One line for the user."""
 
@@ -133,7 +138,6 @@ def seed_list(summary: dict) -> str:
 
 def spread_text(value: dict) -> str:
     """`94.07 % +- 0.23` (percentage points), or the one run's figure."""
-    from s10.report import pct
 
     return pct(value["mean"]) + (f" +- {100 * value['sd']:.2f}" if value.get("sd") is not None else "")
 
@@ -141,7 +145,6 @@ def spread_text(value: dict) -> str:
 def lines(summary: dict) -> list[str]:
     """The seeds' table: each seed's peak LR (the LR range test runs per seed, so it is part of what a seed varies)
     and its plain and flip-TTA accuracy, then mean +- sd."""
-    from s10.report import pct
 
     out = ["| seed | peak LR | test accuracy | flip TTA |", "|---:|---:|---:|---:|"]
     out += [f"| {s['seed']} | {s['max_lr']:.2e} | {pct(s['test_acc'])} | {pct(s['test_acc_tta'])} |"
