@@ -83,7 +83,7 @@ recipe-record: install
 	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
 
 report: install
-	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
+	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md --recipes docs/training.md
 
 # Copy a finished run's record and model into release/ (no checkpoint), then regenerate from it everything that
 # depends on the weights: the OOD detector, the model card, the CAM benchmark (s10/cam.py's default must be what its

@@ -127,6 +127,24 @@ def train_throughput(r: dict) -> list[str]:
     return lines
 
 
+def compile_speed(r: dict) -> list[str]:
+    lines = [f"`python bench/compile_speed.py --data .data/cifar10 --steps {r['steps']} --rounds {r['rounds']} "
+             f"--json bench/results/compile_speed.json` ({r['date']}; {r['machine']}; torch {r['torch']}, "
+             f"{r['threads']} threads, batch {r['batch']}, median of {r['rounds']} rounds of {r['steps']} steps, "
+             "the two loops alternating in one process).", "",
+             "| precision | eager (images/s) | compiled (images/s) | compiled / eager | first compiled steps | "
+             "loss error, eager / compiled | median gradient error, eager / compiled |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in r["rows"]:
+        e, c = row["errors_vs_float64"]["eager"], row["errors_vs_float64"]["compiled"]
+        lines.append(f"| {row['precision']} | {row['eager']:.1f} | {row['compiled']:.1f} | **{row['ratio']:.2f}x** | "
+                     f"{row['compile_s']:.0f} s | {e['loss']:.0e} / {c['loss']:.0e} | "
+                     f"{e['grad_median']:.0e} / {c['grad_median']:.0e} |")
+    lines += ["", "Errors: relative to the same step in float64 on one training batch (the norm of the difference "
+              "over the norm of the float64 value)."]
+    return lines
+
+
 def train_precision_by_cpu(r: dict) -> list[str]:
     lines = [f"`{r['command']}`: our training loop's images/s in each precision, one row per CPU kind (the newest "
              "run of each), and the precision the trainer picks there by default.", "",
@@ -144,13 +162,21 @@ def ood(r: dict) -> list[str]:
     kinds, held = r["kinds"], r["held_out"]
     names = {"msp": "max softmax (the low-confidence hint)", "energy": "energy", "mahalanobis": "Mahalanobis",
              "knn": "k-NN, all training images (k = 10)", "knn-2k": "k-NN, 2,000 training images (k = 1)"}
+    sources = r.get("sources", {})
+
+    def header(kind):  # the kind, and its sample: pictures, and the distinct source pictures they come from
+        n, distinct = r["per_kind"], sources.get(kind)
+        size = f"{n} crops of {distinct} photographs" if kind == held and distinct else f"{n} pictures"
+        return f"*{kind}* ({size})" if kind == held else f"{kind} ({size})"
+
+    reference = r.get("reference", "CIFAR-10 test images")
     lines = [f"`python bench/ood.py --data .data/cifar10 --json bench/results/ood.json` ({r['date']}; the released "
              f"weights; {r['machine']}; torch {r['torch']}). Scores fitted on the {r['train_images']:,} training "
-             f"images' features, measured against the {r['test_images']:,} CIFAR-10 test images: AUROC / FPR95 "
-             f"(the share of pictures let through at the threshold that keeps {100 * r['keep']:.0f} % of the test "
-             f"images). {r['per_kind']} pictures of each kind, drawn at {r['drawn']}x{r['drawn']} and shrunk to "
-             f"32x32 the way an upload is; *{held}* is held out (no choice was made on it).", "",
-             "| score | " + " | ".join(f"*{k}*" if k == held else k for k in kinds)
+             f"images' features, measured against the {r['test_images']:,} {reference}: AUROC / FPR95 (the share "
+             f"of pictures let through at the threshold that keeps {100 * r['keep']:.0f} % of those test images). "
+             f"Each generated picture is drawn at {r['drawn']}x{r['drawn']} and shrunk to 32x32 the way an upload "
+             f"is; *{held}* is held out (no choice was made on it).", "",
+             "| score | " + " | ".join(header(k) for k in kinds)
              + " | mean AUROC, generated kinds | statistics |", "|---|" + "---:|" * (len(kinds) + 2)]
     for row in r["rows"]:
         cells = [f"{row['kinds'][k]['auroc']:.3f} / {row['kinds'][k]['fpr95']:.2f}" for k in kinds]
@@ -161,8 +187,11 @@ def ood(r: dict) -> list[str]:
         lines.append("| " + " | ".join(line) + " |")
     lines += ["", f"Shipped: **{names.get(r['choice']['score'], r['choice']['score'])}**, the best mean AUROC over "
               f"the generated kinds among scores whose statistics stay under {r['ship_limit_mb']:g} MB; threshold "
-              f"{r['choice']['threshold']:.4g}. How often it fires on {r['upload_images']:,} CIFAR-10 test images "
-              "sent the way an upload may reach the network:", "", "| CIFAR-10 test images | fires |", "|---|---:|"]
+              f"{r['choice']['threshold']:.4g}. What it measures is how far a picture's features lie from the "
+              "training pictures', not what the picture shows: it fires on photos of the ten classes too when they "
+              "are unlike CIFAR-10's. How often it fires on "
+              f"{r['upload_images']:,} CIFAR-10 test images sent the way an upload may reach the network:", "",
+              f"| CIFAR-10 test images ({r['upload_images']:,} each) | fires |", "|---|---:|"]
     lines += [f"| {name} | {100 * share:.1f} % |" for name, share in r["uploads"].items()]
     return lines
 
@@ -186,6 +215,7 @@ def weight_average(r: dict) -> list[str]:
 
 
 RENDERERS = {"train_throughput": train_throughput, "train_precision_by_cpu": train_precision_by_cpu,
+             "compile_speed": compile_speed,
              "app_load": app_load, "app_latency": app_latency, "cam_faithfulness": cam_faithfulness, "ood": ood,
              "weight_average": weight_average}
 

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
             odd = Path(tempfile.mkdtemp()) / "grace-hopper.png"
             photo_sources()[0].crop((150, 60, 350, 260)).save(odd)
             page.locator("input[type=file]").first.set_input_files(str(odd))
-            page.locator("#low-confidence-hint").get_by_text("does not look like any of the ten").wait_for(
+            page.locator("#low-confidence-hint").get_by_text("is unlike the pictures the model was trained on").wait_for(
                 timeout=90_000)
             page.locator("#cam-gallery img").nth(2).wait_for(timeout=90_000)
             page.wait_for_load_state("networkidle")

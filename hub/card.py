@@ -43,7 +43,7 @@ transparent, centre-cropped to a square, shrunk to 32x32, normalised with the co
 `config.json` carries the class names, normalisation mean and std, input size, the layer names a CAM can use, the
 temperature that calibrates the probabilities, and these results. `classify` ranks the ten classes only; from the
 command line, `python -m s10.predict photo.jpg --model {{ repo_id }}` also runs the out-of-distribution detector
-below and marks a picture it calls none of the ten with "(none of the ten?)". From the GitHub repository,
+below and marks a picture unlike the training pictures with "(unlike the training pictures?)". From the GitHub repository,
 `torch.hub.load("{{ github_repo }}", "s10_cifar10")` returns the same model. Try it in the Space: {{ space_url }}.
 
 ## Training
@@ -65,7 +65,7 @@ Per class: {{ per_class }}.
 
 {{ calibration }}
 
-## Pictures of none of the ten
+## Pictures unlike the training images
 
 {{ ood }}
 
@@ -144,7 +144,8 @@ def ood_lines(entry: dict, folder: Path) -> list[str]:
     name = OOD_NAMES.get(entry["score"], entry["score"]).format(**sizes)
     lines = [f"`config.json`'s `ood` names a detector: {name}{shipped}. Above "
              f"its threshold, {entry['threshold']:.4g}, which {100 * entry.get('keeps', 0.95):.0f} % of the CIFAR-10 "
-             "test images stay under, a picture is called none of the ten classes, and the Space says so. Measured "
+             "test images stay under, a picture is called unlike the training pictures: it may show none of the ten "
+             "classes, and the Space says so and asks for caution with the classes it lists. Measured "
              "by `bench/ood.py` on generated pictures that are none of the ten (AUROC against the CIFAR-10 test "
              "images / the share let through):", "", "| kind | AUROC | let through |", "|---|---:|---:|"]
     lines += [f"| {k}{' (held out: no choice was made on it)' if k == held else ''} | {auroc[k]:.3f} | "

@@ -81,7 +81,7 @@ def test_results(logits: torch.Tensor, logits_tta: torch.Tensor, split: Split, c
     confidence, predicted = probs.max(-1)
     correct = confidence[predicted == labels]
     # The 5th percentile of the calibrated top-class probability over the correctly classified test images: a picture
-    # whose top probability is lower looks unlike 95 % of what the model gets right (the app's "none of the ten?").
+    # whose top probability is lower looks unlike 95 % of what the model gets right (the app's "may show none of the ten classes").
     threshold = round(torch.quantile(correct, 0.05).item(), 4) if len(correct) else None
     results = {
         "test_images": len(labels),
@@ -181,18 +181,36 @@ def headline(results: dict) -> dict:
     return out
 
 
+def same_images(data, run: Path) -> None:
+    """Cut `data` as the run in `run` cut it (fabric_train.py's load_data: s10.data.select with its flags)."""
+    from s10.data import select
+
+    try:
+        config = json.loads((Path(run) / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--images-of {run}: no readable config.json ({err})") from None
+    a, b = config["args"], config["recipe"]["batch_size"]
+    limits = (3 * b, 2 * b + 1) if a.get("smoke") else (a.get("train_limit"), a.get("test_limit"))
+    select(data, config["recipe"]["seed"], *limits, a.get("holdout"))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m s10.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", help="a model folder (model.safetensors + config.json) or a Hub repo id")
     parser.add_argument("data", help="'cifar10' or a class-folder root, e.g. .data/cifar10")
     parser.add_argument("--recalibrate", metavar="RUN_DIR", type=Path,
                         help="write the calibration into this finished run's record (its model/ is measured)")
+    parser.add_argument("--images-of", metavar="RUN_DIR", type=Path,
+                        help="measure on the test images this run was measured on (its --smoke, --train-limit, "
+                             "--test-limit, --holdout and seed), so that the figures compare with its results.json")
     args = parser.parse_args(argv)
     from s10.data import DataError, load_dataset
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         data = load_dataset(args.data)
+        if args.images_of:
+            same_images(data, args.images_of)
         if args.recalibrate:
             if Path(args.model_dir).resolve() != (args.recalibrate / "model").resolve():
                 raise ValueError(f"--recalibrate {args.recalibrate} measures {args.recalibrate / 'model'}; "

@@ -2,8 +2,9 @@
 
     python -m s10.predict photo.jpg [more.png ...] [--top-k 3] [--model release/model | user/repo]
 
-A picture that the model's out-of-distribution detector (config.json `ood`, as in the app) calls none of the ten
-classes gets "(none of the ten?)" after its classes: they are only the closest of the ten.
+A picture that the model's out-of-distribution detector (config.json `ood`, as in the app) finds unlike the training
+pictures gets "(unlike the training pictures?)" after its classes: it may show none of the ten, so take its classes
+with caution.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from s10.inference import MAX_TOP_K, ImageError, check_top_k, load_image, to_input, top_k
 
+UNLIKE = "(unlike the training pictures?)"  # the mark of a picture the detector fires on
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "release" / "model"
 
 
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
         features, logits = features_and_logits(model, x)
         ranked = top_k(calibrated(logits, cfg.temperature)[0], cfg.class_names, k)
         odd = detector is not None and bool(detector.fires(features, logits, cfg.temperature)[0])
-        print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked) + (" (none of the ten?)" if odd else ""))
+        print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked) + (f" {UNLIKE}" if odd else ""))
     return status
 
 

@@ -21,6 +21,8 @@ START = "<!-- results:start (written by `python -m s10.report`; do not edit by h
 END = "<!-- results:end -->"
 HEADLINE_START = "<!-- headline:start (written by `python -m s10.report`; do not edit by hand) -->"
 HEADLINE_END = "<!-- headline:end -->"
+RECIPES_START = "<!-- recipes:start (written by `python -m s10.report`; do not edit by hand) -->"
+RECIPES_END = "<!-- recipes:end -->"
 RUN_START = "<!-- run:start (written by `python -m s10.report`; do not edit by hand) -->"
 RUN_END = "<!-- run:end -->"
 
@@ -33,20 +35,34 @@ def recipe_lines(config: dict, results: dict) -> list[str]:
     gpu = gpu.get("name") if isinstance(gpu, dict) else gpu  # a dict (name, CUDA, cuDNN, TF32) since the CUDA rework
     device = gpu or f"CPU ({hw['cpu']}, {hw['cpu_threads']} threads{bf16})"
     world = config.get("world_size", 1)
-    optimizer = (f"AdamW (decoupled decay {r['weight_decay']:g}, not on batch-norm parameters and biases)"
-                 if r.get("optimizer") == "adamw" else f"Adam (L2 {r['weight_decay']:g})")
+    optimizer = {"adamw": f"AdamW (decoupled decay {r['weight_decay']:g}, not on batch-norm parameters and biases)",
+                 "sgd": f"SGD with {'Nesterov ' if r.get('nesterov') else ''}momentum {r.get('momentum', 0):g} "
+                        f"(L2 {r['weight_decay']:g})"}.get(r.get("optimizer"), f"Adam (L2 {r['weight_decay']:g})")
     extras = "".join([f"; a moving average of the weights (decay {r['ema_decay']:g} every {r['ema_every']} steps, "
                       "batch-norm statistics included) is evaluated and published" if r.get("ema_decay") else "",
-                      "; alternating flip" if r.get("alternating_flip") else ""])
+                      "; alternating flip" if r.get("alternating_flip") else "",
+                      f"; ghost batch norm over groups of {r['ghost_batch']}" if r.get("ghost_batch") else "",
+                      "; batch-norm scales frozen at 1" if r.get("freeze_bn_scale") else "",
+                      f"; batch-norm biases at {r['bn_bias_lr']:g}x the LR and {r['bn_bias_decay']:g}x the decay"
+                      if (r.get("bn_bias_lr", 1), r.get("bn_bias_decay", 1)) != (1, 1) else ""])
+    peak_at = f"{r['pct_start'] * r['epochs']:.3g} epochs"
+    if r.get("schedule") == "linear":
+        floor = r.get("lr_floor", 0) * r["max_lr"]
+        held = f", held for the last {r['floor_epochs']} epochs" if r.get("floor_epochs") else ""
+        schedule = f"linear schedule: from 0 to the peak {r['max_lr']:.2e} at {peak_at}, then to {floor:.2e}{held}"
+    else:
+        schedule = (f"One Cycle: start {r['max_lr'] / r['div_factor']:.2e}, peak {r['max_lr']:.2e} at {peak_at}, "
+                    f"linear, two phases, end {r['max_lr'] / r['div_factor'] / r['final_div_factor']:.2e}")
+    scale = f" on the logits x {r['logit_scale']:g}" if r.get("logit_scale", 1) != 1 else ""
+    name = config["args"].get("recipe")
     return [
         f"- Data: `{Path(data['source']).name}`: {data['train_images']:,} training images, {data['test_images']:,} "
-        "test images.",
-        f"- {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}, batch {r['batch_size']}, {optimizer}, "
-        f"cross-entropy with label smoothing {r['label_smoothing']:g}; One Cycle: start "
-        f"{r['max_lr'] / r['div_factor']:.2e}, peak "
-        f"{r['max_lr']:.2e} at {r['pct_start'] * r['epochs']:.3g} epochs, linear, two phases, end "
-        f"{r['max_lr'] / r['div_factor'] / r['final_div_factor']:.2e}; augmentation: reflect-pad 4 + random crop 32, "
-        f"horizontal flip, CutOut 8x8{extras}.",
+        "test images" + (f" ({data['held_out_images']:,} training images held out)." if data.get("held_out_images")
+                         else "."),
+        (f"- Recipe `{name}` (docs/training.md: Recipes): " if name else "- ")
+        + f"{r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}, batch {r['batch_size']}, {optimizer}, "
+        f"cross-entropy{scale} with label smoothing {r['label_smoothing']:g}; {schedule}; augmentation: reflect-pad "
+        f"4 + random crop 32, horizontal flip, CutOut 8x8{extras}.",
         f"- Peak LR from the LR range test: {'yes' if config['args'].get('find_lr') else 'no (given)'}; "
         f"seed {r['seed']}.",
         f"- Ran on {world} x {device}, precision {config['args']['precision']}; torch "
@@ -289,6 +305,28 @@ def headline(run: Path) -> str:
     return text + "\n"
 
 
+def recipes_table() -> str:
+    """docs/training.md's table of the named recipes: every value each one sets (from s10.module.RECIPES), beside the
+    Recipe defaults that apply without --recipe."""
+    from dataclasses import asdict
+
+    from s10.module import RECIPES, Recipe
+
+    default = asdict(Recipe())
+    names = list(RECIPES)
+    shown = [k for k in default if k not in ("seed", "lr_find_steps") and (
+        any(k in RECIPES[n]["values"] for n in names))]
+    lines = ["| value | " + " | ".join(f"`--recipe {n}`" for n in names) + " | no `--recipe` (the defaults) |",
+             "|---|" + "---|" * (len(names) + 1)]
+    lines.append("| peak LR from | " + " | ".join("the LR range test" if RECIPES[n]["find_lr"] else "given"
+                                                  for n in names) + " | `--find-lr`, or the given `--max-lr` |")
+    for k in shown:
+        cells = [f"{RECIPES[n]['values'][k]}" if k in RECIPES[n]["values"] else f"{default[k]} (default)"
+                 for n in names]
+        lines.append(f"| `--{k.replace('_', '-')}` | " + " | ".join(cells) + f" | {default[k]} |")
+    return "\n".join(lines) + "\n"
+
+
 def readme_run(run: Path, relative_to: Path) -> str:
     """The README's own report of the release run, below the quick start: what the assignment asks the README itself
     to show. The loss and accuracy curves, the 10 misclassified test images with their true and predicted labels
@@ -329,6 +367,7 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", type=Path, help="rewrite this README's headline and run report between their "
                         "markers")
     parser.add_argument("--results", type=Path, help="rewrite this page's results section between its markers")
+    parser.add_argument("--recipes", type=Path, help="rewrite this page's table of the named recipes (docs/training.md)")
     args = parser.parse_args(argv)
     missing = [n for n in ("config.json", "results.json", "metrics.csv") if not (args.run / n).is_file()]
     if missing:
@@ -340,7 +379,9 @@ def main(argv=None) -> int:
             rewrite_section(args.readme, readme_run(args.run, args.readme.resolve().parent), RUN_START, RUN_END)
         if args.results:
             rewrite_section(args.results, render(args.run, args.results.resolve().parent))
-        if not (args.readme or args.results):
+        if args.recipes:
+            rewrite_section(args.recipes, recipes_table(), RECIPES_START, RECIPES_END)
+        if not (args.readme or args.results or args.recipes):
             sys.stdout.write(render(args.run))
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -277,9 +277,9 @@ def unlike_the_ten(fires: bool) -> str:
     if not fires:
         return ""
     keeps = 100 * DETECTOR.measured.get("keeps", 0.95)
-    return ("**This does not look like any of the ten classes.** Its features lie farther from the training images' "
-            f"than those of {keeps:.0f} % of the CIFAR-10 test images: the classes above are only the closest of the "
-            "ten, not what the picture shows.")
+    return ("**This picture is unlike the pictures the model was trained on.** Its features lie farther from those "
+            f"of the CIFAR-10 training images than the features of {keeps:.0f} % of the CIFAR-10 test images do. It "
+            "may show none of the ten classes: treat the classes above with caution.")
 
 
 def predict(image, k: int = 3) -> dict[str, float]:
@@ -292,7 +292,7 @@ def predict(image, k: int = 3) -> dict[str, float]:
         raise gr.Error(str(err), print_exception=False) from None
     logits, fires = logits_of(x)
     if fires:
-        gr.Warning("This does not look like any of the ten classes.")
+        gr.Warning("This picture is unlike the training pictures: it may show none of the ten classes.")
     return dict(top_k(calibrated(logits[0], CONFIG.temperature), CLASSES, k))
 
 

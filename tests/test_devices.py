@@ -10,6 +10,10 @@ wait for a GPU's queue: reading a value back, copying to the host, building a te
 host-to-device copy), and ops whose output size depends on the values.
 """
 
+import json
+import os
+import subprocess
+import sys
 import traceback
 from types import SimpleNamespace
 
@@ -26,7 +30,7 @@ from s10.data import Split, augmented_batches, normalize
 from s10.distributed import gather_uneven
 from s10.model import CIFAR10_MEAN, CIFAR10_STD, S10Config, S10Net
 from s10.module import Recipe, S10Module
-from tests.conftest import scaled_plugin
+from tests.conftest import ROOT, scaled_plugin
 
 CUDA = torch.device("cuda", 0)
 
@@ -209,3 +213,24 @@ def test_the_sync_check_sees_what_the_old_step_did():
         MeanMetric().update(torch.ones(()), weight=4)
         torch.ones(()).item()
     assert len(syncs.calls) >= 3, syncs.calls
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_check_passes_its_own_self_test(tiny_data, tmp_path):
+    """`bench/gpu_check.py --script-check`, the GPU check's own run on the CPU on tiny data: every end-to-end item
+    compares the published accuracy with `s10.evaluate` on the same test images and passes; the compile and the
+    throughput items pass; the one check only CUDA can make is reported as such, not as a failure."""
+    report_path = tmp_path / "gpu-check.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--script-check", "--data",
+                           str(tiny_data), "--json", str(report_path)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    checks = json.loads(report_path.read_text())["checks"]
+    assert checks["sync_free_steps"] == {**checks["sync_free_steps"], "ok": None, "cuda_only": True}
+    assert checks["sync_free_steps"]["steps_checked"] > 0
+    for name, check in checks.items():
+        if name != "sync_free_steps":
+            assert check["ok"] is True, (name, check)
+    for name in ("end_to_end_32-true", "end_to_end_bf16-mixed", "end_to_end_16-mixed", "compile"):
+        assert checks[name]["test_images"] == checks[name]["test_images_evaluated"] == 21, checks[name]
+    assert "cuda only (not checked on the CPU)" in proc.stdout and "FAILED" not in proc.stdout

@@ -458,9 +458,9 @@ def test_the_model_card_snippet_runs_as_written(tmp_path):
 
     proc = run()
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stdout.startswith("photo.jpg: cat ") and "(none of the ten?)" not in proc.stdout, proc.stdout
+    assert proc.stdout.startswith("photo.jpg: cat ") and "(unlike the training pictures?)" not in proc.stdout, proc.stdout
     from tests.test_ood import ood_bench  # bench/ood.py's generated pictures
 
     ood_bench.build_set(1, seed=3)["text"][0].save(work / "photo.jpg")
     proc = run()
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("(none of the ten?)"), (proc.stdout, proc.stderr)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("(unlike the training pictures?)"), (proc.stdout, proc.stderr)

@@ -16,7 +16,7 @@ from tests.test_app import EXAMPLES
 sys.path.insert(0, str(ROOT / "bench"))
 import ood as ood_bench  # noqa: E402  (bench/ood.py: the generated set)
 
-WARNING = "does not look like any of the ten classes"
+WARNING = "is unlike the pictures the model was trained on"
 
 
 def test_mahalanobis_is_the_distance_to_the_nearest_class_mean():
@@ -160,7 +160,7 @@ def test_the_maps_pass_gives_the_detector_the_same_features(released):
 
 def test_the_predict_command_flags_a_picture_of_none_of_the_ten(tmp_path):
     """`python -m s10.predict` reads the same detector as the app: the generated text and the crop of a photo of a
-    person get "(none of the ten?)", the CIFAR-10 examples do not; without the statistics file it still classifies
+    person get "(unlike the training pictures?)", the CIFAR-10 examples do not; without the statistics file it still classifies
     and says the check is off."""
     import shutil
     import subprocess
@@ -171,12 +171,12 @@ def test_the_predict_command_flags_a_picture_of_none_of_the_ten(tmp_path):
     command = [sys.executable, "-m", "s10.predict", *map(str, odd), *map(str, EXAMPLES[:3]), "--model"]
     proc = subprocess.run([*command, str(RELEASED)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and proc.stderr.count("warning") == 0, proc.stderr
-    flagged = {line.split(":")[0]: line.endswith("(none of the ten?)") for line in proc.stdout.splitlines()}
+    flagged = {line.split(":")[0]: line.endswith("(unlike the training pictures?)") for line in proc.stdout.splitlines()}
     assert flagged == {**{str(p): True for p in odd}, **{str(p): False for p in EXAMPLES[:3]}}
 
     folder = tmp_path / "model"
     shutil.copytree(RELEASED, folder)
     (folder / "ood.safetensors").unlink()
     proc = subprocess.run([*command, str(folder)], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 5 and "(none of the ten?)" not in proc.stdout
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 5 and "(unlike the training pictures?)" not in proc.stdout
     assert "warning: no out-of-distribution check" in proc.stderr and "Traceback" not in proc.stderr

@@ -32,10 +32,12 @@ def readme_headline() -> str:
 
 
 def test_report_reproduces_the_results_page_and_the_readme_headline():
-    from s10.report import headline, render
+    from s10.report import RECIPES_END, RECIPES_START, headline, recipes_table, render
 
     assert readme_section() == "\n" + render(RELEASE, RESULTS_PAGE.parent)
     assert readme_headline() == "\n" + headline(RELEASE)
+    training = (ROOT / "docs" / "training.md").read_text()
+    assert training.split(RECIPES_START, 1)[1].split(RECIPES_END, 1)[0] == "\n" + recipes_table()
 
 
 def test_the_readme_itself_shows_the_curves_the_ten_mistakes_and_the_log():

@@ -131,12 +131,12 @@ def test_grid_draws_ten_captioned_images(monkeypatch, tmp_path):
 
 
 def test_report_is_deterministic_and_rewrites_the_readme(finished_run, tmp_path):
-    from s10.report import END, HEADLINE_END, HEADLINE_START, START, main
+    from s10.report import END, HEADLINE_END, HEADLINE_START, RUN_END, RUN_START, START, main
 
     run, _ = finished_run
     readme, page = tmp_path / "README.md", tmp_path / "docs" / "results.md"
     page.parent.mkdir()
-    readme.write_text(f"# title\n\n{HEADLINE_START}\nold\n{HEADLINE_END}\n\nfooter\n")
+    readme.write_text(f"# title\n\n{HEADLINE_START}\nold\n{HEADLINE_END}\n\n{RUN_START}\nold\n{RUN_END}\n\nfooter\n")
     page.write_text(f"# results\n\n{START}\nold\n{END}\n\nfooter\n")
     args = [str(run), "--readme", str(readme), "--results", str(page)]
     assert main(args) == 0
@@ -147,6 +147,7 @@ def test_report_is_deterministic_and_rewrites_the_readme(finished_run, tmp_path)
     assert "\nold\n" not in text and text.endswith("footer\n") and "| 2 |" in text and "misclassified.png" in text
     headline = first[0].decode()
     assert "\nold\n" not in headline and "test accuracy on CIFAR-10's" in headline and headline.endswith("footer\n")
+    assert "curves.png" in headline and "<details>" in headline and "misclassified.png" in headline
     assert main([str(tmp_path / "nothing")]) == 2
 
 
@@ -203,14 +204,16 @@ def test_report_renders_the_seeds_spread_when_the_release_has_one(finished_run, 
 
     from s10 import seeds
     from s10.report import headline, render
-    from tests.test_seeds import fake_run
+    from tests.test_seeds import fake_run, same_data_as
 
     run = tmp_path / "release"
     shutil.copytree(finished_run[0], run, ignore=shutil.ignore_patterns("checkpoints"))
     assert "over 3 seeds" not in headline(run) and "seeds" not in render(run, examples=None).lower()
     config = json.loads((run / "config.json").read_text())
+    same_data = same_data_as(run)
     runs = [fake_run(tmp_path / f"s{k}", k, acc, acc + 0.005, recipe=config["recipe"],
-                     precision=config["args"]["precision"]) for k, acc in enumerate((0.9401, 0.9432, 0.9388))]
+                     precision=config["args"]["precision"], **same_data)
+            for k, acc in enumerate((0.9401, 0.9432, 0.9388))]
     seeds.record(runs, run / "seeds")
     assert "The recipe over 3 seeds: **94.07 % +- 0.23**" in headline(run)
     text = render(run, examples=None)
@@ -220,7 +223,7 @@ def test_report_renders_the_seeds_spread_when_the_release_has_one(finished_run, 
     assert "of at least 94.50 % over 3 seeds: **not reached**, 0.43 points short." in text
 
     # Another recipe's seeds are not printed as this release's: a clear error, exit 2.
-    other = [fake_run(tmp_path / f"o{k}", k, 0.95, 0.955) for k in range(2)]
+    other = [fake_run(tmp_path / f"o{k}", k, 0.95, 0.955, **same_data) for k in range(2)]
     seeds.record(other, run / "seeds")
     with pytest.raises(ValueError, match="another recipe"):
         headline(run)
@@ -236,17 +239,19 @@ def test_report_sets_the_release_beside_the_earlier_recipes(finished_run, tmp_pa
 
     from s10 import seeds
     from s10.report import render
-    from tests.test_seeds import fake_run
+    from tests.test_seeds import fake_run, same_data_as
 
     run = tmp_path / "release"
     shutil.copytree(finished_run[0], run, ignore=shutil.ignore_patterns("checkpoints"))
     results = json.loads((run / "results.json").read_text())
-    seeds.record([fake_run(tmp_path / "course", 0, 0.9367, 0.9435, label_smoothing=0.1)], run / "recipes" / "course")
+    seeds.record([fake_run(tmp_path / "course", 0, 0.9367, 0.9435, label_smoothing=0.1, **same_data_as(run))],
+                 run / "recipes" / "course")
     seeds.record([run], run / "recipes" / "same")  # a record of the release's own recipe: its row is the release's
     config = json.loads((run / "config.json").read_text())
     given = 2 * config["recipe"]["max_lr"]  # the release's recipe with a peak LR given: another recipe, its own row
     seeds.record([fake_run(tmp_path / "given", 1, 0.9, 0.91, recipe=config["recipe"],
-                           precision=config["args"]["precision"], max_lr=given)], run / "recipes" / "given-lr")
+                           precision=config["args"]["precision"], max_lr=given, **same_data_as(run))],
+                 run / "recipes" / "given-lr")
     text = render(run, examples=None)
     assert "### Recipes compared" in text and "](recipes)" in text
     assert f"| given-lr | {seeds.brief(config['recipe'], given)} | 1 | 90.00 % |" in text

@@ -13,6 +13,13 @@ DATA = {"source": ".data/cifar10", "classes": ["airplane", "cat"], "train_images
         "held_out_images": 0, "fingerprint": "0123456789abcdef"}
 
 
+def same_data_as(run):
+    """fake_run's keywords for a record of the data `run` was trained and tested on."""
+    config = json.loads((run / "config.json").read_text())
+    return {"args": {k: config["args"].get(k) for k in ("smoke", "train_limit", "test_limit", "holdout")},
+            "data": config["data"], "test_images": json.loads((run / "results.json").read_text())["test_images"]}
+
+
 def fake_run(folder, seed, acc, tta, label_smoothing=0.2, recipe=None, precision="bf16-mixed", max_lr=None,
              args=None, data=None, test_images=10000):
     """A finished run's record: its peak LR from its own range test (each seed's differs), or `max_lr` given."""
