@@ -604,8 +604,9 @@ def test_the_space_readme_python_snippet_runs_against_the_server(server, tmp_pat
 def test_an_upload_over_the_size_limit_is_refused_with_a_message(server, tmp_path):
     from gradio_client import handle_file
 
+    limit_mb = int(re.search(r'MAX_UPLOAD = "(\d+)mb"', (ROOT / "space" / "app.py").read_text()).group(1))
     big = tmp_path / "big.png"
-    big.write_bytes(b"\x89PNG" + b"\0" * (31 * 1024 * 1024))
+    big.write_bytes(b"\x89PNG" + b"\0" * ((limit_mb + 1) * 1024 * 1024))
     with pytest.raises(Exception) as err:
         server.client().predict(handle_file(str(big)), 3, api_name="/predict")
     assert re.search(r"exceed|too large|maximum|size", str(err.value), re.I), str(err.value)

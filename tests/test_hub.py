@@ -406,7 +406,7 @@ def test_the_card_gives_the_recipe_spread_beside_its_seed(smoke_run, tmp_path):
     the recipe scores over its seeds; with one seed or none, nothing."""
     from hub.card import build_card
     from s10 import seeds
-    from tests.test_seeds import fake_run
+    from tests.test_seeds import fake_run, same_data_as
 
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
@@ -414,7 +414,7 @@ def test_the_card_gives_the_recipe_spread_beside_its_seed(smoke_run, tmp_path):
     config = json.loads((run / "config.json").read_text())
     given = None if config["args"].get("find_lr") else config["recipe"]["max_lr"]  # the smoke run's peak LR is given
     runs = [fake_run(tmp_path / f"s{k}", k, acc, acc + 0.005, recipe=config["recipe"],
-                     precision=config["args"]["precision"], max_lr=given)
+                     precision=config["args"]["precision"], max_lr=given, **same_data_as(run))
             for k, acc in enumerate((0.9401, 0.9432, 0.9388))]
     seeds.record(runs, run / "seeds")
     assert ("These weights are seed 0 of their recipe; over its 3 seeds (0, 1, 2), the recipe scores "
