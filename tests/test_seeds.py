@@ -51,7 +51,16 @@ def test_summary_is_mean_and_sample_sd_and_copies_only_the_record(tmp_path):
     assert "mean +- sd over 3 seeds" in proc.stdout and "94.07 % +- 0.23" in proc.stdout
 
 
-def test_mixed_recipes_and_unfinished_runs_are_refused(tmp_path):
+def refused(runs, out, capsys) -> str:
+    """`python -m s10.seeds RUNS --out OUT` in process (the command's own main): its exit code must be 2 and its
+    message one line without a traceback; the message."""
+    code = seeds.main([*map(str, runs), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_mixed_recipes_and_unfinished_runs_are_refused(tmp_path, capsys):
     a = fake_run(tmp_path / "a", 0, 0.94, 0.945)
     b = fake_run(tmp_path / "b", 1, 0.94, 0.945, label_smoothing=0.1)
     c = tmp_path / "c"
@@ -62,9 +71,7 @@ def test_mixed_recipes_and_unfinished_runs_are_refused(tmp_path):
                           ([a, given], "peak LR: 0.003 against range test differ"),
                           ([given, fake_run(tmp_path / "g2", 2, 0.94, 0.945, max_lr=2e-3)],
                            "peak LR: 0.002 against 0.003 differ")):
-        proc = subprocess.run([sys.executable, "-m", "s10.seeds", *map(str, runs), "--out", str(tmp_path / "o")],
-                              capture_output=True, text=True, cwd=ROOT, timeout=60)
-        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+        assert message in refused(runs, tmp_path / "o", capsys)
     assert seeds.lines(seeds.summarize([a, fake_run(tmp_path / "d", 2, 0.96, 0.965)]))[-1].startswith("| **mean")
 
 
@@ -101,7 +108,7 @@ def test_the_aim_is_said_reached_only_at_its_mean_and_said_short_by_how_much(tmp
     assert seeds.aim_line(reached).endswith("**reached** (so far: 2 of the 3 seeds).")
 
 
-def test_runs_on_other_data_are_never_pooled(tmp_path):
+def test_runs_on_other_data_are_never_pooled(tmp_path, capsys):
     """The review's case and its parts: a seed trained on a subset, tested on a subset, a smoke run, another data
     set (fingerprint) or held-out split is refused by name; the same data read from another folder is pooled; a
     record from before the fingerprint is compared by its sizes."""
@@ -115,10 +122,8 @@ def test_runs_on_other_data_are_never_pooled(tmp_path):
     ]
     for k, (change, message) in enumerate(other):
         b = fake_run(tmp_path / f"b{k}", 1, 0.99, 0.99, **change)
-        proc = subprocess.run([sys.executable, "-m", "s10.seeds", str(a), str(b), "--out", str(tmp_path / "o")],
-                              capture_output=True, text=True, cwd=ROOT, timeout=60)
-        assert proc.returncode == 2 and "not trained and tested on the first run's data" in proc.stderr, proc.stderr
-        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        error = refused([a, b], tmp_path / "o", capsys)
+        assert "not trained and tested on the first run's data" in error and message in error, error
     moved = fake_run(tmp_path / "moved", 1, 0.94, 0.945, data={"source": "/root/s10-data/cifar10"})
     older = fake_run(tmp_path / "older", 2, 0.94, 0.945, data={"fingerprint": None})
     assert seeds.summarize([a, moved, older])["runs"] == 3
