@@ -29,6 +29,7 @@ class UsageError(Exception):
     """Bad input: printed as one line, exit code 2."""
 
 
+DATA_FLAGS = ("smoke", "train_limit", "test_limit", "holdout")  # flags that cut the data: a resume keeps them
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]
 
 
@@ -105,6 +106,10 @@ def start_or_resume(fabric, args) -> tuple[Any, dict | None, bool]:
         if saved and saved["args"]["precision"] != args.precision and error is None:
             error = (f"--resume: the run in {args.out} has --precision {saved['args']['precision']}, not "
                      f"{args.precision}")
+        for name in DATA_FLAGS:  # the data a run trains on cannot change under it
+            if saved and saved["args"].get(name) != getattr(args, name) and error is None:
+                error = (f"--resume: the run in {args.out} has --{name.replace('_', '-')} "
+                         f"{saved['args'].get(name)}, not {getattr(args, name)}")
     error = first_error(fabric, error)  # a node that would train in another precision stops every rank
     if error:
         raise UsageError(error)

@@ -345,7 +345,7 @@ def test_frozen_scales_and_the_bias_multipliers():
     assert all(bn.weight.grad is None and torch.equal(bn.weight, torch.ones_like(bn.weight)) for bn in bns)
 
 
-def test_a_held_out_split_is_measured_and_never_trained_on(tiny_data, tmp_path):
+def test_a_held_out_split_is_measured_and_never_trained_on(tiny_data, tmp_path, capfd):
     """--holdout: the held-out images are left out of training (the sizes say so) and measured at the end as
     val_acc; the recipe's name and the options (ghost batch norm, frozen scales, bias LR) reach config.json."""
     a = tmp_path / "a"
@@ -359,6 +359,13 @@ def test_a_held_out_split_is_measured_and_never_trained_on(tiny_data, tmp_path):
     assert config["args"]["recipe"] == "page" and config["args"]["holdout"] == 10
     assert (config["recipe"]["ghost_batch"], config["recipe"]["freeze_bn_scale"], config["recipe"]["bn_bias_lr"]) \
         == (4, True, 16.0)
+    # A resume cannot change the data under the run: without --holdout it would train on the held-out images.
+    import fabric_train
+
+    capfd.readouterr()
+    code = fabric_train.cli(["--data", str(tiny_data), "--out", str(a), *map(str, flags), "--resume"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "has --holdout 10, not None" in err[0], err
 
 
 def test_the_weight_average_is_the_same_on_every_rank(tiny_data, tmp_path):
