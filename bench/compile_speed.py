@@ -123,11 +123,14 @@ def main() -> None:
                          k: {m: float(f"{v:.2e}") if isinstance(v, float) else v for m, v in e.items()}
                          for k, e in errors.items()}})
     if args.json:
+        # One entry per machine (the newest run of each): a file measured on another CPU keeps that CPU's row.
+        entry = {"device": device_name, "machine": info.describe() if accelerator == "cpu" else device_name,
+                 "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+                 "batch": args.batch_size, "steps": args.steps, "rounds": args.rounds, "rows": rows}
+        old = json.loads(args.json.read_text())["machines"] if args.json.is_file() else []
+        machines = [m for m in old if m["machine"] != entry["machine"]] + [entry]
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "device": device_name, "machine": info.describe() if accelerator == "cpu" else device_name,
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-            "batch": args.batch_size, "steps": args.steps, "rounds": args.rounds, "rows": rows}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"machines": machines}, indent=1) + "\n")
         print(f"wrote {args.json}")
 
 
