@@ -50,6 +50,22 @@ def run(cmd: list[str], env: dict | None = None, timeout: float = 240) -> subpro
 SCRIPT_CHECK = []  # --script-check: extra flags that make every run tiny, on the CPU (checks this script only)
 
 
+def evaluate_on_cpu(model: Path, data: str, run_folder: Path) -> dict:
+    """`python -m s10.evaluate MODEL DATA --images-of RUN`, its main called in this process (no second start-up of
+    torch): it loads the weights and the images on the CPU and measures in exact float32."""
+    import contextlib
+    import io
+
+    from s10 import evaluate
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = evaluate.main([str(model), data, "--images-of", str(run_folder)])
+    if code:
+        raise RuntimeError(f"s10.evaluate exit {code}")
+    return json.loads(out.getvalue())
+
+
 def end_to_end(data: str, out: Path, precision: str, epochs: int, compile: bool = False) -> dict:
     folder = out / (precision + ("-compile" if compile else ""))
     run([sys.executable, ROOT / "tests" / "probe_train.py", "--accelerator", ACCELERATOR, "--devices", "1",
@@ -57,9 +73,7 @@ def end_to_end(data: str, out: Path, precision: str, epochs: int, compile: bool 
          *(["--compile"] if compile else []), *SCRIPT_CHECK], timeout=300)
     results = json.loads((folder / "results.json").read_text())
     probe = json.loads((folder / "probe-rank0.json").read_text())
-    evaluated = run([sys.executable, "-m", "s10.evaluate", folder / "model", data, "--images-of", folder],
-                    env={"CUDA_VISIBLE_DEVICES": ""})
-    cpu = json.loads(evaluated.stdout)
+    cpu = evaluate_on_cpu(folder / "model", data, folder)
     metrics = (folder / "metrics.csv").read_text().splitlines()
     row = dict(zip(metrics[0].split(","), metrics[-1].split(",")))
     out_row = {"precision": precision, "compile": compile, "epochs": epochs, "dtypes": probe["dtypes"],

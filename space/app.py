@@ -413,9 +413,10 @@ def delete_old_files(blocks: gr.Blocks, age: int | None) -> None:
 gradio_route_utils.delete_files_created_by_app = delete_old_files
 
 
-def readable_upload(component: gr.Image) -> gr.Image:
-    """Make an unreadable upload a message instead of a server error: gr.Image opens the file with PIL before our
-    function runs. (Wrapping the instance, not subclassing: a gr.Image subclass makes gradio write a .pyi stub.)"""
+def message_on_failure(component, message):
+    """Make a value that the component's own preprocess cannot take a message (`message(payload)`) instead of a
+    server error. (Wrapping the instance, not subclassing: a gradio component subclass makes gradio write a .pyi
+    stub.)"""
     preprocess = component.preprocess
 
     def checked(payload):
@@ -424,30 +425,24 @@ def readable_upload(component: gr.Image) -> gr.Image:
         except gr.Error:
             raise
         except Exception:
-            raise gr.Error("not an image file that can be read (PNG, JPEG, WebP, GIF, BMP or TIFF)",
-                           print_exception=False) from None
+            raise gr.Error(message(payload), print_exception=False) from None
 
     component.preprocess = checked
     return component
 
 
+def readable_upload(component: gr.Image) -> gr.Image:
+    """An unreadable upload is a message: gr.Image opens the file with PIL before our function runs."""
+    return message_on_failure(component, lambda payload: "not an image file that can be read (PNG, JPEG, WebP, GIF, "
+                                                         "BMP or TIFF)")
+
+
 def numeric(slider: gr.Slider, name: str, whole: bool = True) -> gr.Slider:
-    """Make a value the API sends that is no number at all (None, text) a message naming the control, instead of
-    the generic error gradio's own check would raise. (Wrapped like readable_upload's image.)"""
-    preprocess = slider.preprocess
+    """A value the API sends that is no number at all (None, text) is a message naming the control, instead of the
+    generic error gradio's own check would raise."""
     kind = "a whole number" if whole else "a number"
-
-    def checked(payload):
-        try:
-            return preprocess(payload)
-        except gr.Error:
-            raise
-        except Exception:
-            raise gr.Error(f"{name} must be {kind} from {slider.minimum:g} to {slider.maximum:g}, got {payload!r}",
-                           print_exception=False) from None
-
-    slider.preprocess = checked
-    return slider
+    return message_on_failure(slider, lambda payload: f"{name} must be {kind} from {slider.minimum:g} to "
+                                                      f"{slider.maximum:g}, got {payload!r}")
 
 
 # -- the page --------------------------------------------------------------------------------------------------------

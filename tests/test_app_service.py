@@ -14,6 +14,10 @@ from PIL import Image
 
 from s10.model import S10Net
 from tests.conftest import ROOT, App
+
+# `make test` runs two xdist workers (--dist loadgroup): this module's tests share one worker, so its module-scoped
+# fixtures (servers, runs) are made once.
+pytestmark = pytest.mark.xdist_group("app_service")
 from tests.test_app import EXAMPLES, encode, import_app
 
 GALLERY_SIZES = (1, 2, 10)
@@ -123,24 +127,19 @@ def test_every_offered_combination_over_http(released_app, released_server):
     assert "Traceback" not in released_server.output
 
 
-def concurrently(server, jobs_per_client: list[list], seconds: float | None = None):
-    """Each client (its own gradio_client.Client, its own thread) runs its jobs, over and over for `seconds` if
-    given: [(job, answer or the exception)]."""
+def concurrently(server, jobs_per_client: list[list]):
+    """Each client (its own gradio_client.Client, its own thread) runs its jobs: [(job, answer or the exception)]."""
     clients = [server.client() for _ in jobs_per_client]
     results, lock = [], threading.Lock()
-    stop = time.perf_counter() + (seconds or 0)
 
     def run(n):
-        while True:
-            for job in jobs_per_client[n]:
-                try:
-                    got = answer(clients[n], job)
-                except Exception as err:  # noqa: BLE001 - every failure is a finding
-                    got = err
-                with lock:
-                    results.append((job, got))
-            if seconds is None or time.perf_counter() > stop:
-                return
+        for job in jobs_per_client[n]:
+            try:
+                got = answer(clients[n], job)
+            except Exception as err:  # noqa: BLE001 - every failure is a finding
+                got = err
+            with lock:
+                results.append((job, got))
 
     with ThreadPoolExecutor(len(clients)) as pool:
         list(pool.map(run, range(len(clients))))
@@ -156,14 +155,15 @@ def assert_same(job, got, want):
 
 
 def test_many_clients_get_whole_and_right_pictures(released_server):
-    """16 clients for 20 s asking for the same example with maps on, then 16 clients with mixed requests: no error,
-    and every picture decodes and equals the one answered to a single client. (Gradio's own way of returning a PIL
-    image rewrote the cached file in place while others downloaded it: truncated files.)"""
+    """16 clients asking three times each for the same example with maps on, then 16 clients with mixed requests
+    (every one of 16 kinds asked by 4 clients at once): no error, and every picture decodes and equals the one
+    answered to a single client. (Gradio's own way of returning a PIL image rewrote the cached file in place while
+    others downloaded it: truncated files.)"""
     client = released_server.client()
     same = ("explain", EXAMPLES[3], 3, True, 3, "layer3", 0.5, "GradCAM", "top classes")
     want = answer(client, same)
-    results = concurrently(released_server, [[same]] * 16, seconds=20)
-    assert len(results) >= 16
+    results = concurrently(released_server, [[same] * 3] * 16)
+    assert len(results) == 16 * 3
     for job, got in results:
         assert_same(job, got, want)
 
@@ -180,8 +180,8 @@ def test_many_clients_get_whole_and_right_pictures(released_server):
                          methods[(i // 4) % 4], "top classes" if i % 3 else "dog"))
     wanted = {job: answer(client, job) for job in jobs}
     mark = len(released_server.lines)
-    results = concurrently(released_server, [jobs[n:] + jobs[:n] for n in range(16)])
-    assert len(results) == 16 * 16
+    results = concurrently(released_server, [(jobs[n:] + jobs[:n])[:4] for n in range(16)])
+    assert len(results) == 16 * 4
     for job, got in results:
         assert_same(job, got, wanted[job])
     in_flight = [int(line.rsplit(":", 1)[1].strip(" )\n")) for line in released_server.lines[mark:]

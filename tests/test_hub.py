@@ -18,6 +18,10 @@ from safetensors.torch import load_file, save_file
 from s10.model import S10Net
 from tests.conftest import ROOT, App
 
+# `make test` runs two xdist workers (--dist loadgroup): this module's tests share one worker, so its module-scoped
+# fixtures (servers, runs) are made once.
+pytestmark = pytest.mark.xdist_group("hub")
+
 MODEL_FILES = {"model.safetensors", "config.json", "README.md", "curves.png", "confusion_matrix.png",
                "misclassified.png", "misclassified.json", "misclassified.safetensors", "reliability.png"}
 # (the release's folder adds ood.safetensors, the detector's statistics; a fresh run has no detector until
@@ -307,7 +311,8 @@ def test_the_bundle_runs_alone_in_a_fresh_virtual_environment(space_bundle, tmp_
              if line and not line.startswith("--extra-index-url")]
     sdk = SpaceCard.load(space_bundle / "README.md").data.sdk_version
     (tmp_path / "requirements.txt").write_text("\n".join([*lines, f"gradio=={sdk}"]) + "\n")
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(tmp_path / "requirements.txt")],
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-compile", "-r",
+                              str(tmp_path / "requirements.txt")],  # no .pyc of every file: the app imports few
                              capture_output=True, text=True, timeout=900)
     assert install.returncode == 0, install.stderr[-3000:]
     for name in ("lightning", "torchvision", "torchmetrics"):

@@ -140,19 +140,30 @@ def test_bad_recipe_options_are_one_line(tiny_data, tmp_path, capfd, flags, mess
     assert code == 2 and len(err) == 1 and message in err[0], err
 
 
-def test_the_weight_average_only_observes_the_training(tiny_data, tmp_path):
+AVERAGED = [*SMOKE, "--epochs", 2, "--ema-every", 1]
+
+
+@pytest.fixture(scope="session")
+def run_without_average(tiny_data, tmp_path_factory):
+    """A 2-epoch smoke run with the moving average off, read by the tests that compare with it."""
+    run = tmp_path_factory.mktemp("no-average") / "run"
+    ok(run_train("--data", tiny_data, "--out", run, *AVERAGED, "--ema-decay", 0))
+    return run
+
+
+@pytest.mark.xdist_group("no_average")
+def test_the_weight_average_only_observes_the_training(tiny_data, tmp_path, run_without_average):
     """The moving average reads the network and never feeds back: a run with it trains exactly the network of the
     same run without it (the checkpoints' own weights agree bit for bit), so the two publish different weights of
     one trajectory, and comparing them compares nothing else."""
-    flags = [*SMOKE, "--epochs", 2, "--ema-every", 1]
-    ok(run_train("--data", tiny_data, "--out", tmp_path / "off", *flags, "--ema-decay", 0))
-    ok(run_train("--data", tiny_data, "--out", tmp_path / "on", *flags, "--ema-decay", 0.7))
-    off, on = (torch.load(tmp_path / k / "checkpoints" / "last.ckpt", weights_only=False) for k in ("off", "on"))
+    ok(run_train("--data", tiny_data, "--out", tmp_path / "on", *AVERAGED, "--ema-decay", 0.7))
+    runs = {"off": run_without_average, "on": tmp_path / "on"}
+    off, on = (torch.load(runs[k] / "checkpoints" / "last.ckpt", weights_only=False) for k in ("off", "on"))
     assert "ema" not in off and "ema" in on
     for k, v in off["model"].items():
         assert torch.equal(on["model"][k], v), k
     assert not all(torch.equal(on["ema"][k], v) for k, v in off["model"].items())
-    rows = [json.loads((tmp_path / k / "config.json").read_text())["recipe"]["ema_decay"] for k in ("off", "on")]
+    rows = [json.loads((runs[k] / "config.json").read_text())["recipe"]["ema_decay"] for k in ("off", "on")]
     assert rows == [0.0, 0.7]
 
 
@@ -191,14 +202,14 @@ def test_a_record_from_before_the_options_resumes_as_it_ran():
     assert Recipe.from_record(dataclasses.asdict(Recipe())) == Recipe()  # a record with every field is itself
 
 
-def test_a_run_too_short_for_the_weight_average_says_so(tiny_data, tmp_path):
+@pytest.mark.xdist_group("no_average")
+def test_a_run_too_short_for_the_weight_average_says_so(tiny_data, tmp_path, run_without_average):
     """With the moving average on, a smoke run gives it too few updates, and the log says how much of the initial
     weights is left and how to switch it off. Without the average, no warning."""
     ok(run_train("--data", tiny_data, "--out", tmp_path / "a", *SMOKE, "--epochs", 2, "--ema-decay", 0.99))
     log = (tmp_path / "a" / "train.log").read_text()
     assert "still holds 100% of the initial weights" in log and "pass --ema-decay 0" in log
-    ok(run_train("--data", tiny_data, "--out", tmp_path / "b", *SMOKE, "--epochs", 2, "--ema-decay", 0))
-    assert "initial weights" not in (tmp_path / "b" / "train.log").read_text()
+    assert "initial weights" not in (run_without_average / "train.log").read_text()
 
 
 def test_the_average_on_the_full_training_set_is_not_warned_short():

@@ -17,6 +17,10 @@ from s10.model import S10Net
 from s10.module import Recipe
 from tests.conftest import ROOT, make_tree, ok, run_train
 
+# `make test` runs two xdist workers (--dist loadgroup): this module's tests share one worker, so its module-scoped
+# fixtures (servers, runs) are made once.
+pytestmark = pytest.mark.xdist_group("report")
+
 
 def least_squares(n=512, d=8, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from s10.data import load_dataset
 from s10.evaluate import predict_logits
 from s10.model import S10Net
-from tests.conftest import CIFAR, ROOT, ok, run_train
+from tests.conftest import CIFAR, ROOT, free_port, ok, run_train
 
 PROBE = ROOT / "tests" / "probe_train.py"
 
@@ -83,14 +83,33 @@ def probe(run: Path, rank: int = 0) -> dict:
     return json.loads((run / f"probe-rank{rank}.json").read_text())
 
 
+# Runs that several tests read are session fixtures (never torn down between their readers, wherever the tests run);
+# the tests that share one are in one xdist group (`make test` runs workers with --dist loadgroup), so each is made
+# once.
+@pytest.fixture(scope="session")
+def probed_run(tiny_data, tmp_path_factory):
+    """probed_run(devices, precision): a 1-epoch smoke run through tests/probe_train.py (which records the dtypes
+    inside the steps), made once and read by every test that asks for the same one."""
+    runs = {}
+
+    def get(devices: int, precision: str) -> Path:
+        if (devices, precision) not in runs:
+            run = tmp_path_factory.mktemp(f"probed-{devices}-{precision}") / "run"
+            ok(run_train("--accelerator", "cpu", "--devices", devices, "--data", tiny_data, "--out", run, *SMOKE,
+                         "--epochs", 1, "--precision", precision, "--no-checkpoint", script=PROBE))
+            runs[devices, precision] = run
+        return runs[devices, precision]
+
+    return get
+
+
+@pytest.mark.xdist_group("probed")
 @pytest.mark.parametrize("devices", [1, 2])
 @pytest.mark.parametrize("precision, dtype", [("bf16-mixed", "bfloat16"), ("32-true", "float32")])
-def test_the_steps_compute_in_the_precision_asked_for(tiny_data, tmp_path, devices, precision, dtype):
+def test_the_steps_compute_in_the_precision_asked_for(probed_run, devices, precision, dtype):
     """The dtype of the first convolution's output, recorded inside training_step and validation_step on every
     rank: the arithmetic the flag promises, on one process and on two."""
-    run = tmp_path / "run"
-    ok(run_train("--accelerator", "cpu", "--devices", devices, "--data", tiny_data, "--out", run, *SMOKE,
-                 "--epochs", 1, "--precision", precision, "--no-checkpoint", script=PROBE))
+    run = probed_run(devices, precision)
     assert json.loads((run / "config.json").read_text())["args"]["precision"] == precision
     for rank in range(devices):
         assert probe(run, rank)["dtypes"] == {"training_step": [dtype], "validation_step": [dtype]}, rank
@@ -198,15 +217,27 @@ def test_compile_smoke_run_keeps_plain_weight_names(tiny_data, tmp_path):
                                                                                        abs=1e-6)
 
 
+TWO = ["--accelerator", "cpu", "--devices", 2, *SMOKE]
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tiny_data, tmp_path_factory) -> Path:
+    """A finished smoke run on 2 processes (read, never written, by the tests that take it)."""
+    run = tmp_path_factory.mktemp("two-processes") / "run"
+    ok(run_train("--data", tiny_data, "--out", run, *TWO))
+    return run
+
+
+@pytest.mark.xdist_group("two_processes")
 @pytest.mark.parametrize("launcher", ["python", "fabric run"])
-def test_two_processes_count_every_test_image_once(tiny_data, tmp_path, launcher):
-    run = tmp_path / "run"
+def test_two_processes_count_every_test_image_once(tiny_data, tmp_path, launcher, request):
     if launcher == "python":
-        proc = run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", run, *SMOKE)
+        run = request.getfixturevalue("two_process_run")
     else:
-        fabric = [str(Path(sys.executable).parent / "fabric"), "run", "--accelerator", "cpu", "--devices", "2"]
-        proc = run_train("--data", tiny_data, "--out", run, *SMOKE, launcher=fabric)
-    ok(proc)
+        run = tmp_path / "run"
+        fabric = [str(Path(sys.executable).parent / "fabric"), "run", "--accelerator", "cpu", "--devices", "2",
+                  "--main-port", str(free_port())]
+        ok(run_train("--data", tiny_data, "--out", run, *SMOKE, launcher=fabric))
     config = json.loads((run / "config.json").read_text())
     assert config["world_size"] == 2 and config["data"]["test_images"] == 21  # odd: 10 + 11 per rank
     exact = recount(run, tiny_data)
@@ -214,16 +245,15 @@ def test_two_processes_count_every_test_image_once(tiny_data, tmp_path, launcher
     assert json.loads((run / "results.json").read_text())["test_acc"] == pytest.approx(exact, abs=1e-6)
 
 
-def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
+@pytest.mark.xdist_group("two_processes")
+def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path, two_process_run):
     """On two processes, each drawing its own augmentation: stopped after epoch 1 and resumed, the run ends with the
     weights of a run that was never stopped."""
-    full, parts = tmp_path / "full", tmp_path / "parts"
-    two = ["--accelerator", "cpu", "--devices", 2, *SMOKE]
-    ok(run_train("--data", tiny_data, "--out", full, *two))
-    ok(run_train("--data", tiny_data, "--out", parts, *two, "--stop-after-epoch", 1))
+    full, parts = two_process_run, tmp_path / "parts"
+    ok(run_train("--data", tiny_data, "--out", parts, *TWO, "--stop-after-epoch", 1))
     assert [int(r["epoch"]) for r in metrics(parts)] == [1]
     assert not (parts / "model").exists()
-    ok(run_train("--data", tiny_data, "--out", parts, *two, "--resume"))
+    ok(run_train("--data", tiny_data, "--out", parts, *TWO, "--resume"))
     assert [int(r["epoch"]) for r in metrics(parts)] == [1, 2]
     a, b = load_file(full / "model" / "model.safetensors"), load_file(parts / "model" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -232,9 +262,23 @@ def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
     assert "resumed" in (parts / "train.log").read_text()
 
 
-def test_resume_drops_metrics_rows_past_the_checkpoint(tiny_data, tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="session")
+def stopped_run(tiny_data, tmp_path_factory) -> Path:
+    """A smoke run in this machine's default precision, stopped after epoch 1 (its checkpoint written): each test
+    resumes its own copy (`copy_of`)."""
+    run = tmp_path_factory.mktemp("stopped") / "run"
     ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--stop-after-epoch", 1))
+    return run
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.xdist_group("stopped")
+def test_resume_drops_metrics_rows_past_the_checkpoint(tiny_data, tmp_path, stopped_run):
+    run = copy_of(stopped_run, tmp_path)
     # A run killed after logging epoch 2 but before its checkpoint was renamed into place.
     with open(run / "metrics.csv", "a") as f:
         f.write(f"2,{','.join(['0.5'] * 8)}\n")
@@ -243,10 +287,10 @@ def test_resume_drops_metrics_rows_past_the_checkpoint(tiny_data, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2] and float(rows[1]["test_loss"]) != 0.5
 
 
-def test_resume_restores_the_metrics_from_the_checkpoint(tiny_data, tmp_path):
+@pytest.mark.xdist_group("stopped")
+def test_resume_restores_the_metrics_from_the_checkpoint(tiny_data, tmp_path, stopped_run):
     """The history lives in the checkpoint: a run whose metrics.csv was lost resumes with all of it."""
-    run = tmp_path / "run"
-    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--stop-after-epoch", 1))
+    run = copy_of(stopped_run, tmp_path)
     first = metrics(run)
     (run / "metrics.csv").unlink()
     ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--resume"))
@@ -303,12 +347,13 @@ def test_cifar10_without_network_or_cache(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not CIFAR.is_dir(), reason="needs the offline CIFAR-10 copy: make data")
-def test_two_epochs_on_5000_real_images_learn(tmp_path):
-    """The network learns from real images, and what is published is what it learnt: the run's 14 updates of the
-    weights' moving average would publish mostly the initial weights (warned), so this run publishes the network's."""
+def test_two_epochs_on_2500_real_images_learn(tmp_path):
+    """The network learns from real images (78 steps of 64 images: at least 40 % on 1,000 test images, chance is
+    10 %), and what is published is what it learnt: so few updates of the weights' moving average would publish
+    mostly the initial weights (warned), so this run publishes the network's."""
     run = tmp_path / "run"
-    ok(run_train("--data", CIFAR, "--out", run, "--epochs", 2, "--batch-size", 128, "--train-limit", 5000,
-                 "--test-limit", 2000, "--no-progress-bar", "--no-checkpoint", "--ema-decay", 0, timeout=900))
+    ok(run_train("--data", CIFAR, "--out", run, "--epochs", 2, "--batch-size", 64, "--train-limit", 2500,
+                 "--test-limit", 1000, "--no-progress-bar", "--no-checkpoint", "--ema-decay", 0, timeout=900))
     acc = float(metrics(run)[-1]["test_acc"])
     published = json.loads((run / "results.json").read_text())["test_acc"]
     assert acc >= 0.40 and published >= 0.40, (acc, published)
@@ -324,7 +369,7 @@ def killable(tiny_data) -> list:
     return [tiny_data if a is None else a for a in KILLABLE]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("uninterrupted") / "run"
     ok(run_train(*killable(tiny_data), "--out", run, script=PROBE, env={"PROBE_STEP_SECONDS": "0.3"}))
@@ -349,6 +394,7 @@ def kill_when(cmd_args, ready, env) -> None:
     proc.wait()
 
 
+@pytest.mark.xdist_group("killed")
 @pytest.mark.parametrize("point", ["lr range test", "epoch 1", "epoch 2"])
 def test_a_run_killed_at_any_point_resumes_to_the_same_end(tiny_data, tmp_path, uninterrupted, point):
     """SIGKILL during the LR range test, during epoch 1 (after the epoch-0 checkpoint) or during epoch 2: the same
@@ -376,15 +422,18 @@ def test_a_run_killed_at_any_point_resumes_to_the_same_end(tiny_data, tmp_path, 
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
 
 
-def test_a_resumed_run_refuses_another_precision(tiny_data, tmp_path, capfd):
+@pytest.mark.xdist_group("stopped")
+def test_a_resumed_run_refuses_another_precision(tiny_data, tmp_path, capfd, stopped_run):
     import fabric_train
 
-    run = tmp_path / "run"
-    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--precision", "32-true", "--stop-after-epoch", 1))
+    run = copy_of(stopped_run, tmp_path)
+    recorded = json.loads((run / "config.json").read_text())["args"]["precision"]
+    other = "32-true" if recorded == "bf16-mixed" else "bf16-mixed"
     code = fabric_train.cli(["--data", str(tiny_data), "--out", str(run), *map(str, SMOKE), "--resume",
-                             "--precision", "bf16-mixed"])
+                             "--precision", other])
     err = capfd.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "has --precision 32-true, not bf16-mixed" in err[0]
+    assert code == 2 and len(err) == 1 and f"has --precision {recorded}, not {other}" in err[0]
+    assert [int(r["epoch"]) for r in metrics(run)] == [1]  # nothing trained
 
 
 def test_lr_range_test_leaves_the_gradient_scaler_as_it_found_it(tiny_data, tmp_path):
@@ -499,15 +548,28 @@ def run_nodes(tiny_data, tmp_path, out, devices: int, *flags, own_out=False) -> 
     return [(data, node_out) for data, node_out, _ in procs]
 
 
-def test_two_nodes_on_loopback_equal_one_node_with_two_processes(tiny_data, tmp_path):
-    """2 nodes x 1 process through `fabric run --num-nodes 2` on 127.0.0.1: each node decodes its own data copy,
-    and the run ends with the weights and test accuracy of 1 node x 2 processes (same seed, same data; float32 and
-    one thread per process in both, so the arithmetic is the same)."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    ok(run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", one, *SMOKE,
-                 "--precision", "32-true", env=SAME_ARITHMETIC))
-    nodes = run_nodes(tiny_data, tmp_path, two, 1, "--precision", "32-true")
-    for data, _ in nodes:
+NODE_FLAGS = ("--precision", "32-true", "--find-lr", "--lr-find-steps", 5)
+
+
+@pytest.fixture(scope="session")
+def two_nodes_run(tiny_data, tmp_path_factory) -> Path:
+    """2 nodes x 1 process through `fabric run --num-nodes 2` on 127.0.0.1, each node with its own data copy and its
+    own run folder (no shared disk), the LR range test included: node 0's folder."""
+    root = tmp_path_factory.mktemp("two-nodes")
+    run_nodes(tiny_data, root, root / "full", 1, *NODE_FLAGS, own_out=True)
+    return root / "full" / "node0"
+
+
+@pytest.mark.xdist_group("two_nodes")
+def test_two_nodes_on_loopback_equal_one_node_with_two_processes(tiny_data, tmp_path, two_nodes_run):
+    """2 nodes x 1 process: each node decodes its own data copy, and the run ends with the weights and test accuracy
+    of 1 node x 2 processes (same seed, same data, the same LR range test; float32 and one thread per process in
+    both, so the arithmetic is the same)."""
+    one, two = tmp_path / "one", two_nodes_run
+    ok(run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", one, *SMOKE, *NODE_FLAGS,
+                 env=SAME_ARITHMETIC))
+    for node in (0, 1):
+        data = two.parents[1] / f"data-node{node}"
         assert list((data / ".s10-cache").glob("test-*.safetensors")), f"{data} was not prepared on its node"
     config = json.loads((two / "config.json").read_text())
     assert config["world_size"] == 2 and config["num_nodes"] == 2
@@ -526,21 +588,20 @@ def test_two_nodes_of_two_processes_smoke(tiny_data, tmp_path):
     assert float(metrics(run)[-1]["test_acc"]) == pytest.approx(recount(run, tiny_data), abs=1e-6)
 
 
-def test_two_nodes_with_disks_of_their_own_resume_to_the_uninterrupted_end(tiny_data, tmp_path):
+@pytest.mark.xdist_group("two_nodes")
+def test_two_nodes_with_disks_of_their_own_resume_to_the_uninterrupted_end(tiny_data, tmp_path, two_nodes_run):
     """2 nodes x 1 process, each node with its own --out and data copy (no shared file system): stopped after epoch 1
     and resumed, the run ends with the weights of the uninterrupted 2-node run. Node 1 has no config.json and no
     checkpoint of its own: rank 0 reads them and broadcasts them (with --find-lr, a node 1 that started afresh would
     run the LR range test while node 0 resumes)."""
-    flags = ("--precision", "32-true", "--find-lr", "--lr-find-steps", 5)
-    full, parts = tmp_path / "full", tmp_path / "parts"
-    run_nodes(tiny_data, tmp_path, full, 1, *flags, own_out=True)
-    run_nodes(tiny_data, tmp_path, parts, 1, *flags, "--stop-after-epoch", 1, own_out=True)
+    parts = tmp_path / "parts"
+    run_nodes(tiny_data, tmp_path, parts, 1, *NODE_FLAGS, "--stop-after-epoch", 1, own_out=True)
     assert [int(r["epoch"]) for r in metrics(parts / "node0")] == [1]
     assert not (parts / "node1" / "config.json").exists() and not (parts / "node1" / "checkpoints").exists()
-    run_nodes(tiny_data, tmp_path, parts, 1, *flags, "--resume", own_out=True)
+    run_nodes(tiny_data, tmp_path, parts, 1, *NODE_FLAGS, "--resume", own_out=True)
     assert [int(r["epoch"]) for r in metrics(parts / "node0")] == [1, 2]
     assert "resumed" in (parts / "node0" / "train.log").read_text()
-    a = load_file(full / "node0" / "model" / "model.safetensors")
+    a = load_file(two_nodes_run / "model" / "model.safetensors")
     b = load_file(parts / "node0" / "model" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
@@ -560,16 +621,15 @@ def test_a_corrupt_data_copy_on_node_1_stops_every_rank_with_one_line(tiny_data,
         assert "exitcode  : 2" in stderr, stderr[-3000:]
 
 
+@pytest.mark.xdist_group("probed")
 @pytest.mark.parametrize("devices", [1, 2])
-def test_the_losses_weight_every_image_alike(tiny_data, tmp_path, devices):
+def test_the_losses_weight_every_image_alike(tiny_data, probed_run, devices):
     """metrics.csv's test_loss is the mean cross-entropy over the test images, recounted from the saved weights'
     logits: 21 images in batches of 16 (1 process), or shards of 10 and 11 in batches of 8 (2 processes), so the
     last batch is short and a mean of batch means would differ."""
     import torch.nn.functional as F
 
-    run = tmp_path / "run"
-    ok(run_train("--accelerator", "cpu", "--devices", devices, "--data", tiny_data, "--out", run, *SMOKE,
-                 "--epochs", 1, "--precision", "32-true", "--no-checkpoint"))
+    run = probed_run(devices, "32-true")
     model = S10Net.from_pretrained(run / "model")
     test = load_dataset(str(tiny_data)).test
     logits = predict_logits(model, test.images, model.config.mean, model.config.std)
