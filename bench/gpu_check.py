@@ -11,7 +11,7 @@ CUDA-only check is reported as such and does not fail the run, and on a GPU anyt
    model/ written, the dtype the precision promises, and the published accuracy equal to `python -m s10.evaluate` of
    the same weights on the CPU, on the same test images (`--images-of`; exact float32 on both; at most one image
    may differ).
-2. `--compile` (bf16-mixed, 1 epoch) end to end.
+2. `--compile` (bf16-mixed, 1 epoch) end to end, its published weights under the network's own names.
 3. `torch.cuda.set_sync_debug_mode("error")` around training steps (augmentation, step, progress bar) and the
    per-epoch test pass, after a warm-up epoch: any host synchronisation raises. CUDA only: the self-test reports it
    "cuda only", not ok.
@@ -66,6 +66,15 @@ def evaluate_on_cpu(model: Path, data: str, run_folder: Path) -> dict:
     return json.loads(out.getvalue())
 
 
+def plain_weight_names(path: Path) -> bool:
+    """The published weights carry the network's own names (a compiled run's `_orig_mod.` prefixes stripped)."""
+    from safetensors.torch import load_file
+
+    from s10.model import S10Net
+
+    return path.is_file() and set(load_file(path)) == set(S10Net().state_dict())
+
+
 def end_to_end(data: str, out: Path, precision: str, epochs: int, compile: bool = False) -> dict:
     folder = out / (precision + ("-compile" if compile else ""))
     run([sys.executable, ROOT / "tests" / "probe_train.py", "--accelerator", ACCELERATOR, "--devices", "1",
@@ -80,13 +89,14 @@ def end_to_end(data: str, out: Path, precision: str, epochs: int, compile: bool 
                "test_images": results["test_images"], "test_images_evaluated": cpu["test_images"],
                "test_acc_published": results["test_acc"], "test_acc_evaluate_cpu": cpu["test_acc"],
                "model_files": sorted(p.name for p in (folder / "model").iterdir()),
+               "weight_names_plain": plain_weight_names(folder / "model" / "model.safetensors"),
                "images_per_s_last_epoch": float(row["images_per_s"])}
     expected = DTYPES[precision]
     out_row["ok"] = bool(probe["dtypes"].get("training_step") == [expected]
                          and probe["dtypes"].get("validation_step") == [expected]
                          and results["test_images"] == cpu["test_images"]
                          and abs(results["test_acc"] - cpu["test_acc"]) <= 1 / results["test_images"] + 1e-9
-                         and (folder / "model" / "model.safetensors").is_file())
+                         and out_row["weight_names_plain"])
     return out_row
 
 
