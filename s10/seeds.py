@@ -101,7 +101,8 @@ def summarize(runs: list[Path]) -> dict:
                 diff.append(f"peak LR: {peak_lr(config)} against {lr}")
             raise SeedsError(f"{run} does not share the first run's recipe ({', '.join(diff) or 'precision'} differ)")
         seeds.append({"seed": config["recipe"]["seed"], "run": run.name, "test_acc": results["test_acc"],
-                      "test_acc_tta": results["test_acc_tta"], "max_lr": config["recipe"]["max_lr"],
+                      "test_acc_tta": results["test_acc_tta"], "val_acc": results.get("val_acc"),
+                      "max_lr": config["recipe"]["max_lr"],
                       "train_time_s": results.get("train_time_s"), "git_commit": config.get("git_commit")})
         hw = config.get("hardware", {})
         gpu = hw.get("gpu")
@@ -114,8 +115,12 @@ def summarize(runs: list[Path]) -> dict:
         values = [s[key] for s in seeds]
         return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
 
-    return {"runs": len(seeds), "recipe": recipe, "peak_lr": lr, "precision": precision, "data": data, "seeds": seeds,
-            "test_acc": spread("test_acc"), "test_acc_tta": spread("test_acc_tta"), "hardware": sorted(set(where))}
+    summary = {"runs": len(seeds), "recipe": recipe, "peak_lr": lr, "precision": precision, "data": data,
+               "seeds": seeds, "test_acc": spread("test_acc"), "test_acc_tta": spread("test_acc_tta"),
+               "hardware": sorted(set(where))}
+    if data["--holdout"]:  # the screen's figure: the accuracy on the held-out training images (--holdout)
+        summary["val_acc"] = spread("val_acc")
+    return summary
 
 
 def record(runs: list[Path], out: Path) -> dict:

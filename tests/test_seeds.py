@@ -29,8 +29,9 @@ def fake_run(folder, seed, acc, tta, label_smoothing=0.2, recipe=None, precision
     args = {"precision": precision, "find_lr": max_lr is None, **(args or {})}
     (folder / "config.json").write_text(json.dumps({"recipe": recipe, "args": args, "data": {**DATA, **(data or {})},
                                                     "hardware": {"cpu_threads": 2, "cpu": "Xeon", "gpu": None}}))
+    held_out = {"val_acc": acc - 0.01} if (args or {}).get("holdout") else {}
     (folder / "results.json").write_text(json.dumps({"test_acc": acc, "test_acc_tta": tta, "train_time_s": 60,
-                                                     "test_images": test_images}))
+                                                     "test_images": test_images, **held_out}))
     (folder / "metrics.csv").write_text("epoch\n1\n")
     (folder / "checkpoints").mkdir()
     return folder
@@ -143,3 +144,17 @@ def test_recipes_compared_and_the_seeds_must_share_the_releases_data(tmp_path):
     seeds.record([subset], release / "recipes" / "subset")
     with pytest.raises(ValueError, match="recipes/subset was trained or tested on other data than the release"):
         report.recipes(release)
+
+
+def test_a_screen_record_holds_the_held_out_accuracy(tmp_path):
+    """Runs with --holdout: the record keeps each seed's val_acc and their mean, the figure recipes are chosen on;
+    runs without it have none."""
+    accs = [0.9301, 0.9342]
+    held = {"args": {"holdout": 5000}, "data": {"held_out_images": 5000, "train_images": 45000}}
+    runs = [fake_run(tmp_path / f"s{k}", k, a, a, **held) for k, a in enumerate(accs)]
+    summary = seeds.summarize(runs)
+    assert [s["val_acc"] for s in summary["seeds"]] == [a - 0.01 for a in accs]
+    assert summary["val_acc"]["mean"] == statistics.fmean(a - 0.01 for a in accs)
+    assert summary["data"]["--holdout"] == 5000
+    plain = seeds.summarize([fake_run(tmp_path / "plain", 0, 0.94, 0.945)])
+    assert "val_acc" not in plain and plain["seeds"][0]["val_acc"] is None
