@@ -51,19 +51,14 @@ SCRIPT_CHECK = []  # --script-check: extra flags that make every run tiny, on th
 
 
 def evaluate_on_cpu(model: Path, data: str, run_folder: Path) -> dict:
-    """`python -m s10.evaluate MODEL DATA --images-of RUN`, its main called in this process (no second start-up of
-    torch): it loads the weights and the images on the CPU and measures in exact float32."""
-    import contextlib
-    import io
-
+    """`python -m s10.evaluate MODEL DATA --images-of RUN`'s figures, in this process (no second start-up of torch):
+    the weights and the images on the CPU, exact float32."""
     from s10 import evaluate
+    from s10.data import load_dataset
 
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = evaluate.main([str(model), data, "--images-of", str(run_folder)])
-    if code:
-        raise RuntimeError(f"s10.evaluate exit {code}")
-    return json.loads(out.getvalue())
+    images = load_dataset(data)
+    evaluate.same_images(images, run_folder)
+    return evaluate.measure(model, images)
 
 
 def plain_weight_names(path: Path) -> bool:

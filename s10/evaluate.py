@@ -194,6 +194,21 @@ def same_images(data, run: Path) -> None:
     select(data, config["recipe"]["seed"], *limits, a.get("holdout"))
 
 
+def measure(model_dir: str | Path, data) -> dict:
+    """What `python -m s10.evaluate` prints as JSON: a model folder's figures on `data`'s test split (float32)."""
+    model, logits, logits_tta = released_logits(model_dir, data.test.images)
+    cfg = model.config
+    results = test_results(logits, logits_tta, data.test, cfg.class_names)
+    results.pop("confusion_matrix")
+    cal = results.pop("calibration")
+    results["calibration"] = {"uncalibrated": cal["uncalibrated"], "calibrated_held_out": cal["calibrated"],
+                              "temperature_fitted_here": cal["temperature"], "temperature_in_config": cfg.temperature,
+                              "with_config_temperature": calibration_scores(logits, data.test.labels,
+                                                                            cfg.temperature),
+                              "risk_coverage": cal["risk_coverage"]}
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m s10.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", help="a model folder (model.safetensors + config.json) or a Hub repo id")
@@ -218,27 +233,19 @@ def main(argv=None) -> int:
             results = recalibrate(args.recalibrate, data)
             print(f"{args.recalibrate}: recalibrated, T = {results['temperature']}", file=sys.stderr)
             return 0
-        model, logits, logits_tta = released_logits(args.model_dir, data.test.images)
+        results = measure(args.model_dir, data)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    cfg = model.config
-    results = test_results(logits, logits_tta, data.test, cfg.class_names)
-    results.pop("confusion_matrix")
-    cal = results.pop("calibration")
-    results["calibration"] = {"uncalibrated": cal["uncalibrated"], "calibrated_held_out": cal["calibrated"],
-                              "temperature_fitted_here": cal["temperature"], "temperature_in_config": cfg.temperature,
-                              "with_config_temperature": calibration_scores(logits, data.test.labels,
-                                                                            cfg.temperature),
-                              "risk_coverage": cal["risk_coverage"]}
     print(json.dumps(results, indent=1))
-    before, after = cal["uncalibrated"], cal["calibrated"]
+    cal = results["calibration"]
+    before, after = cal["uncalibrated"], cal["calibrated_held_out"]
     print(f"{args.model_dir}: {100 * results['test_acc']:.2f} % on {results['test_images']:,} test images, "
           f"{100 * results['test_acc_tta']:.2f} % with flip TTA", file=sys.stderr)  # for people; stdout for programs
     print(f"calibration (15-bin ECE / NLL / Brier): {before['ece']:.4f} / {before['nll']:.4f} / {before['brier']:.4f} "
           f"plain softmax, {after['ece']:.4f} / {after['nll']:.4f} / {after['brier']:.4f} temperature-scaled "
-          f"(2-fold cross-fitted on the test set); T fitted on all of it {cal['temperature']:.4f}, in the model's "
-          f"config {cfg.temperature:g}", file=sys.stderr)
+          f"(2-fold cross-fitted on the test set); T fitted on all of it {cal['temperature_fitted_here']:.4f}, in "
+          f"the model's config {cal['temperature_in_config']:g}", file=sys.stderr)
     return 0
 
 
