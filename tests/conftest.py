@@ -13,6 +13,14 @@ from PIL import Image
 # sight, in this process and in every process a test starts. `make gpu-check` is the check for a GPU.
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+# `make test` runs its tests in several pytest-xdist workers at once: each worker, and every process a test starts,
+# gets its share of the cores for its OpenMP threads. More threads than cores spin against each other and slow every
+# run down (bench/parallel_runs.py measures it). A value already set is kept.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // WORKERS)))
+if "torch" in sys.modules:  # a plugin imported it before this file: set the running process's own pool too
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT / ".data" / "cifar10"  # `make data` unpacks the offline copy here
 RELEASED = ROOT / "release" / "model"
@@ -35,6 +43,16 @@ def make_tree(root: Path, classes=("cat", "dog", "ship"), n_train=24, n_test=7, 
 def tiny_data(tmp_path_factory) -> Path:
     # 3 classes x 7 = 21 test images: odd, so an uneven split across 2 ranks shows.
     return make_tree(tmp_path_factory.mktemp("tiny"))
+
+
+def train_here(*args) -> None:
+    """The entry point's own cli() in this process, with no second start-up of torch and Lightning: for a
+    single-process run whose stdout no test reads (its log is in train.log; pytest shows what it printed if it
+    fails)."""
+    import fabric_train
+
+    code = fabric_train.cli([str(a) for a in args])
+    assert code == 0, f"fabric_train.py exited {code}: see the captured output"
 
 
 def run_train(*args, timeout=300, launcher=None, env=None, script=None) -> subprocess.CompletedProcess:

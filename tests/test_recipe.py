@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from s10.data import Split, alternating_flips, augment, augmented_batches, normalize
 from s10.model import CIFAR10_MEAN, CIFAR10_STD, S10Net
 from s10.module import Recipe, S10Module, WeightAverage
-from tests.conftest import ok, run_train
+from tests.conftest import ok, run_train, train_here
 
 SMOKE = ["--smoke", "--batch-size", 16, "--no-progress-bar", "--precision", "32-true"]
 
@@ -104,9 +104,9 @@ def test_a_run_with_the_weight_average_resumes_to_the_uninterrupted_end(tiny_dat
     full, parts = tmp_path / "full", tmp_path / "parts"
     flags = [*SMOKE, "--epochs", 3, "--ema-decay", 0.7, "--ema-every", 1, "--optimizer", "adamw",
              "--weight-decay", 0.05, "--alternating-flip"]
-    ok(run_train("--data", tiny_data, "--out", full, *flags))
-    ok(run_train("--data", tiny_data, "--out", parts, *flags, "--stop-after-epoch", 1))
-    ok(run_train("--data", tiny_data, "--out", parts, *flags, "--resume"))
+    train_here("--data", tiny_data, "--out", full, *flags)
+    train_here("--data", tiny_data, "--out", parts, *flags, "--stop-after-epoch", 1)
+    train_here("--data", tiny_data, "--out", parts, *flags, "--resume")
     a, b = load_file(full / "model" / "model.safetensors"), load_file(parts / "model" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
@@ -147,7 +147,7 @@ AVERAGED = [*SMOKE, "--epochs", 2, "--ema-every", 1]
 def run_without_average(tiny_data, tmp_path_factory):
     """A 2-epoch smoke run with the moving average off, read by the tests that compare with it."""
     run = tmp_path_factory.mktemp("no-average") / "run"
-    ok(run_train("--data", tiny_data, "--out", run, *AVERAGED, "--ema-decay", 0))
+    train_here("--data", tiny_data, "--out", run, *AVERAGED, "--ema-decay", 0)
     return run
 
 
@@ -156,7 +156,7 @@ def test_the_weight_average_only_observes_the_training(tiny_data, tmp_path, run_
     """The moving average reads the network and never feeds back: a run with it trains exactly the network of the
     same run without it (the checkpoints' own weights agree bit for bit), so the two publish different weights of
     one trajectory, and comparing them compares nothing else."""
-    ok(run_train("--data", tiny_data, "--out", tmp_path / "on", *AVERAGED, "--ema-decay", 0.7))
+    train_here("--data", tiny_data, "--out", tmp_path / "on", *AVERAGED, "--ema-decay", 0.7)
     runs = {"off": run_without_average, "on": tmp_path / "on"}
     off, on = (torch.load(runs[k] / "checkpoints" / "last.ckpt", weights_only=False) for k in ("off", "on"))
     assert "ema" not in off and "ema" in on
@@ -206,7 +206,7 @@ def test_a_record_from_before_the_options_resumes_as_it_ran():
 def test_a_run_too_short_for_the_weight_average_says_so(tiny_data, tmp_path, run_without_average):
     """With the moving average on, a smoke run gives it too few updates, and the log says how much of the initial
     weights is left and how to switch it off. Without the average, no warning."""
-    ok(run_train("--data", tiny_data, "--out", tmp_path / "a", *SMOKE, "--epochs", 2, "--ema-decay", 0.99))
+    train_here("--data", tiny_data, "--out", tmp_path / "a", *SMOKE, "--epochs", 2, "--ema-decay", 0.99)
     log = (tmp_path / "a" / "train.log").read_text()
     assert "still holds 100% of the initial weights" in log and "pass --ema-decay 0" in log
     assert "initial weights" not in (run_without_average / "train.log").read_text()
@@ -361,8 +361,8 @@ def test_a_held_out_split_is_measured_and_never_trained_on(tiny_data, tmp_path, 
     val_acc; the recipe's name and the options (ghost batch norm, frozen scales, bias LR) reach config.json."""
     a = tmp_path / "a"
     flags = ["--batch-size", 8, "--epochs", 1, "--no-progress-bar", "--precision", "32-true", "--recipe", "page"]
-    ok(run_train("--data", tiny_data, "--out", a, *flags, "--holdout", 10, "--ghost-batch", 4,
-                 "--freeze-bn-scale", "--bn-bias-lr", 16))
+    train_here("--data", tiny_data, "--out", a, *flags, "--holdout", 10, "--ghost-batch", 4, "--freeze-bn-scale",
+               "--bn-bias-lr", 16)
     results = json.loads((a / "results.json").read_text())
     config = json.loads((a / "config.json").read_text())
     assert results["val_images"] == 10 and 0 <= results["val_acc"] <= 1

@@ -15,7 +15,7 @@ from s10.inference import load_misclassified
 from s10.lr_finder import lr_range_test
 from s10.model import S10Net
 from s10.module import Recipe
-from tests.conftest import ROOT, make_tree, ok, run_train
+from tests.conftest import ROOT, make_tree, train_here
 
 # `make test` runs two xdist workers (--dist loadgroup): this module's tests share one worker, so its module-scoped
 # fixtures (servers, runs) are made once.
@@ -68,8 +68,8 @@ def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     data = make_tree(root / "data", n_train=24, n_test=9, learnable=False)  # 27 test images, all used
     run = root / "run"
-    ok(run_train("--data", data, "--out", run, "--smoke", "--batch-size", 16, "--epochs", 2, "--find-lr",
-                 "--lr-find-steps", 12, "--no-progress-bar"))
+    train_here("--data", data, "--out", run, "--smoke", "--batch-size", 16, "--epochs", 2, "--find-lr",
+               "--lr-find-steps", 12, "--no-progress-bar")
     return run, data
 
 

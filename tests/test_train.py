@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from s10.data import load_dataset
 from s10.evaluate import predict_logits
 from s10.model import S10Net
-from tests.conftest import CIFAR, ROOT, free_port, ok, run_train
+from tests.conftest import CIFAR, ROOT, free_port, ok, run_train, train_here
 
 PROBE = ROOT / "tests" / "probe_train.py"
 
@@ -74,11 +74,11 @@ def test_smoke_run_writes_the_run_folder(tiny_data, tmp_path, capfd):
     assert "already holds a run" in capfd.readouterr().err
 
 
-def test_switched_off_callbacks_are_not_called(tiny_data, tmp_path):
+def test_switched_off_callbacks_are_not_called(tiny_data, tmp_path, capfd):
     run = tmp_path / "run"
-    proc = ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--no-checkpoint"))
+    train_here("--data", tiny_data, "--out", run, *SMOKE, "--no-checkpoint")
     assert not (run / "checkpoints").exists()
-    assert "batch/s" not in proc.stderr
+    assert "batch/s" not in capfd.readouterr().err
     assert (run / "model" / "model.safetensors").is_file()
 
 
@@ -263,7 +263,7 @@ def stopped_run(tiny_data, tmp_path_factory) -> Path:
     """A smoke run in this machine's default precision, stopped after epoch 1 (its checkpoint written): each test
     resumes its own copy (`copy_of`)."""
     run = tmp_path_factory.mktemp("stopped") / "run"
-    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--stop-after-epoch", 1))
+    train_here("--data", tiny_data, "--out", run, *SMOKE, "--stop-after-epoch", 1)
     return run
 
 
@@ -278,7 +278,7 @@ def test_resume_drops_metrics_rows_past_the_checkpoint(tiny_data, tmp_path, stop
     # A run killed after logging epoch 2 but before its checkpoint was renamed into place.
     with open(run / "metrics.csv", "a") as f:
         f.write(f"2,{','.join(['0.5'] * 8)}\n")
-    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--resume"))
+    train_here("--data", tiny_data, "--out", run, *SMOKE, "--resume")
     rows = metrics(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2] and float(rows[1]["test_loss"]) != 0.5
 
@@ -289,7 +289,7 @@ def test_resume_restores_the_metrics_from_the_checkpoint(tiny_data, tmp_path, st
     run = copy_of(stopped_run, tmp_path)
     first = metrics(run)
     (run / "metrics.csv").unlink()
-    ok(run_train("--data", tiny_data, "--out", run, *SMOKE, "--resume"))
+    train_here("--data", tiny_data, "--out", run, *SMOKE, "--resume")
     rows = metrics(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert rows[0] == first[0]
@@ -368,7 +368,7 @@ def killable(tiny_data) -> list:
 @pytest.fixture(scope="session")
 def uninterrupted(tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("uninterrupted") / "run"
-    ok(run_train(*killable(tiny_data), "--out", run, script=PROBE, env={"PROBE_STEP_SECONDS": "0.3"}))
+    train_here(*killable(tiny_data), "--out", run)
     return run
 
 
@@ -406,10 +406,10 @@ def test_a_run_killed_at_any_point_resumes_to_the_same_end(tiny_data, tmp_path, 
     ready = {"lr range test": lambda: "LR range test: up to" in text(),
              "epoch 1": lambda: ckpt.is_file() and "epoch  1/" not in text(),
              "epoch 2": lambda: "epoch  1/" in text() and "epoch  2/" not in text()}[point]
-    slow = {"PROBE_STEP_SECONDS": "0.3"}  # each training step sleeps: time to land inside an epoch
+    slow = {"PROBE_STEP_SECONDS": "0.3"}  # each training step of the run to kill sleeps: time to land inside an epoch
     kill_when([*killable(tiny_data), "--out", run], ready, slow)
     assert not (run / "results.json").exists()
-    ok(run_train(*killable(tiny_data), "--out", run, "--resume", script=PROBE, env=slow))
+    train_here(*killable(tiny_data), "--out", run, "--resume")
     assert [int(r["epoch"]) for r in metrics(run)] == [1, 2, 3]
     found = json.loads((uninterrupted / "config.json").read_text())["recipe"]["max_lr"]
     assert json.loads((run / "config.json").read_text())["recipe"]["max_lr"] == found
