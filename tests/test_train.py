@@ -118,23 +118,6 @@ def test_the_steps_compute_in_the_precision_asked_for(probed_run, devices, preci
         assert probe(run, rank)["dtypes"] == {"training_step": [dtype], "validation_step": [dtype]}, rank
 
 
-def test_lr_range_test_on_two_processes_runs_in_lockstep(tiny_data, tmp_path):
-    """The sweep's loss is the mean over the ranks, so both ranks see the same losses (each rank's own batches give
-    different ones), suggest the same peak LR, restore the same weights after the sweep, and end the run with
-    identical parameters."""
-    run = tmp_path / "run"
-    ok(run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", run, *SMOKE, "--epochs", 1,
-                 "--find-lr", "--lr-find-steps", 12, "--precision", "32-true", "--no-checkpoint", script=PROBE))
-    ranks = [probe(run, 0), probe(run, 1)]
-    assert ranks[0]["lr_sweep"] == ranks[1]["lr_sweep"] and len(ranks[0]["lr_sweep"]["losses"]) > 5
-    assert ranks[0]["lr_suggestion"] == ranks[1]["lr_suggestion"]
-    assert json.loads((run / "config.json").read_text())["recipe"]["max_lr"] == ranks[0]["lr_suggestion"]
-    assert ranks[0]["after_lr_find"] == ranks[1]["after_lr_find"]
-    a, b = load_file(run / "probe-rank0.safetensors"), load_file(run / "probe-rank1.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert "LR range test: " in (run / "train.log").read_text()
-
-
 @pytest.mark.parametrize("device, cuda_native_bf16, vendor, cpu_flags, expected", [
     ("cuda", True, "", set(), "bf16-mixed"),  # A100, H100, RTX 30xx and newer
     ("cuda", False, "", set(), "16-mixed"),  # T4, V100: bf16 only emulated
@@ -213,15 +196,34 @@ def test_default_precision_on_this_machine(tiny_data, tmp_path):
 # The --compile smoke run (plain weight names, the published accuracy recounted): the GPU check's self-test,
 # tests/test_devices.py, runs it.
 
-TWO = ["--accelerator", "cpu", "--devices", 2, *SMOKE]
+TWO = ["--accelerator", "cpu", "--devices", 2, *SMOKE, "--find-lr", "--lr-find-steps", 12, "--precision", "32-true"]
 
 
 @pytest.fixture(scope="session")
 def two_process_run(tiny_data, tmp_path_factory) -> Path:
-    """A finished smoke run on 2 processes (read, never written, by the tests that take it)."""
+    """A finished smoke run on 2 processes, its LR range test included, through tests/probe_train.py (each rank's
+    sweep, suggestion and weights recorded): read, never written, by the tests that take it."""
     run = tmp_path_factory.mktemp("two-processes") / "run"
-    ok(run_train("--data", tiny_data, "--out", run, *TWO))
+    ok(run_train("--data", tiny_data, "--out", run, *TWO, script=PROBE))
     return run
+
+
+@pytest.mark.xdist_group("two_processes")
+def test_lr_range_test_on_two_processes_runs_in_lockstep(two_process_run):
+    """The sweep's loss is the mean over the ranks, so both ranks see the same losses (each rank's own batches give
+    different ones), suggest the same peak LR, restore the same weights after the sweep, and end the run with
+    identical parameters."""
+    run = two_process_run
+    ranks = [probe(run, 0), probe(run, 1)]
+    assert ranks[0]["lr_sweep"] == ranks[1]["lr_sweep"] and len(ranks[0]["lr_sweep"]["losses"]) > 5
+    assert ranks[0]["lr_suggestion"] == ranks[1]["lr_suggestion"]
+    assert json.loads((run / "config.json").read_text())["recipe"]["max_lr"] == ranks[0]["lr_suggestion"]
+    assert ranks[0]["after_lr_find"] == ranks[1]["after_lr_find"]
+    a, b = load_file(run / "probe-rank0.safetensors"), load_file(run / "probe-rank1.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "LR range test: " in (run / "train.log").read_text()
+
+
 
 
 @pytest.mark.xdist_group("two_processes")
@@ -512,12 +514,15 @@ def start_nodes(tiny_data, tmp_path, out, devices: int, *flags, own_out=False) -
                *map(str, flags)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **SAME_ARITHMETIC}
         procs.append((data, node_out, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                                       stderr=subprocess.PIPE, text=True)))
+                                                       stderr=subprocess.PIPE, text=True,
+                                                       start_new_session=True)))  # its group: killed whole
     return procs
 
 
 def wait_nodes(procs, timeout: float = 300) -> list:
     """[(returncode, stdout, stderr)] of each node; a node still running after `timeout` (a hang) fails the test."""
+    import os
+    import signal
     import subprocess
     import time
 
@@ -527,11 +532,15 @@ def wait_nodes(procs, timeout: float = 300) -> list:
             stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.time()))
             results.append((proc.returncode, stdout, stderr))
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the nodes were still running after {timeout} s (a hang)")
+        for _, _, proc in procs:  # the launcher and the ranks it started; then what each node printed: where it hung
+            os.killpg(proc.pid, signal.SIGKILL)
+        said = [(node, *proc.communicate()) for node, (_, _, proc) in enumerate(procs)]
+        pytest.fail(f"the nodes were still running after {timeout} s (a hang):\n" + "\n".join(
+            f"node {node} stdout:\n{out[-2000:]}\nnode {node} stderr:\n{err[-3000:]}" for node, out, err in said))
     finally:
         for _, _, proc in procs:
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     return results
 
