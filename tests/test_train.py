@@ -557,31 +557,44 @@ NODE_FLAGS = ("--precision", "32-true", "--find-lr", "--lr-find-steps", 5)
 
 
 @pytest.fixture(scope="session")
-def two_nodes_run(tiny_data, tmp_path_factory) -> Path:
+def two_nodes_run(tiny_data, tmp_path_factory) -> tuple[Path, dict]:
     """2 nodes x 1 process through `fabric run --num-nodes 2` on 127.0.0.1, each node with its own data copy and its
-    own run folder (no shared disk), the LR range test included: node 0's folder."""
+    own run folder (no shared disk), the LR range test included, stopped after epoch 1 and resumed: node 0's folder,
+    and what the two folders held at the stop."""
     root = tmp_path_factory.mktemp("two-nodes")
-    run_nodes(tiny_data, root, root / "full", 1, *NODE_FLAGS, own_out=True)
-    return root / "full" / "node0"
+    parts = root / "parts"
+    run_nodes(tiny_data, root, parts, 1, *NODE_FLAGS, "--stop-after-epoch", 1, own_out=True)
+    stopped = {"epochs": [int(r["epoch"]) for r in metrics(parts / "node0")],
+               "node1": sorted(p.name for p in (parts / "node1").iterdir()) if (parts / "node1").exists() else []}
+    run_nodes(tiny_data, root, parts, 1, *NODE_FLAGS, "--resume", own_out=True)
+    return parts / "node0", stopped
+
+
+@pytest.fixture(scope="session")
+def one_node_run(tiny_data, tmp_path_factory) -> Path:
+    """The same run on 1 node x 2 processes, never stopped (float32 and one thread per process in both, so the
+    arithmetic is the same)."""
+    one = tmp_path_factory.mktemp("one-node") / "run"
+    ok(run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", one, *SMOKE, *NODE_FLAGS,
+                 env=SAME_ARITHMETIC))
+    return one
 
 
 @pytest.mark.xdist_group("two_nodes")
-def test_two_nodes_on_loopback_equal_one_node_with_two_processes(tiny_data, tmp_path, two_nodes_run):
-    """2 nodes x 1 process: each node decodes its own data copy, and the run ends with the weights and test accuracy
-    of 1 node x 2 processes (same seed, same data, the same LR range test; float32 and one thread per process in
-    both, so the arithmetic is the same)."""
-    one, two = tmp_path / "one", two_nodes_run
-    ok(run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", one, *SMOKE, *NODE_FLAGS,
-                 env=SAME_ARITHMETIC))
+def test_two_nodes_on_loopback_equal_one_node_with_two_processes(two_nodes_run, one_node_run):
+    """2 nodes x 1 process, each decoding its own data copy: the run ends with the weights and test accuracy of
+    1 node x 2 processes (same seed, same data, the same LR range test). The 2-node run was also stopped and resumed
+    (next test): equal weights say that neither the second node nor the resume changed the training."""
+    two, _ = two_nodes_run
     for node in (0, 1):
         data = two.parents[1] / f"data-node{node}"
         assert list((data / ".s10-cache").glob("test-*.safetensors")), f"{data} was not prepared on its node"
     config = json.loads((two / "config.json").read_text())
     assert config["world_size"] == 2 and config["num_nodes"] == 2
-    a, b = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
+    a, b = load_file(one_node_run / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
-    results = [json.loads((run / "results.json").read_text()) for run in (one, two)]
+    results = [json.loads((run / "results.json").read_text()) for run in (one_node_run, two)]
     assert results[0]["test_acc"] == results[1]["test_acc"] and results[1]["test_images"] == 21
 
 
@@ -594,20 +607,18 @@ def test_two_nodes_of_two_processes_smoke(tiny_data, tmp_path):
 
 
 @pytest.mark.xdist_group("two_nodes")
-def test_two_nodes_with_disks_of_their_own_resume_to_the_uninterrupted_end(tiny_data, tmp_path, two_nodes_run):
+def test_two_nodes_with_disks_of_their_own_resume_to_the_uninterrupted_end(two_nodes_run, one_node_run):
     """2 nodes x 1 process, each node with its own --out and data copy (no shared file system): stopped after epoch 1
-    and resumed, the run ends with the weights of the uninterrupted 2-node run. Node 1 has no config.json and no
+    and resumed, the run ends with the weights of the uninterrupted run. At the stop node 1 has no config.json and no
     checkpoint of its own: rank 0 reads them and broadcasts them (with --find-lr, a node 1 that started afresh would
     run the LR range test while node 0 resumes)."""
-    parts = tmp_path / "parts"
-    run_nodes(tiny_data, tmp_path, parts, 1, *NODE_FLAGS, "--stop-after-epoch", 1, own_out=True)
-    assert [int(r["epoch"]) for r in metrics(parts / "node0")] == [1]
-    assert not (parts / "node1" / "config.json").exists() and not (parts / "node1" / "checkpoints").exists()
-    run_nodes(tiny_data, tmp_path, parts, 1, *NODE_FLAGS, "--resume", own_out=True)
-    assert [int(r["epoch"]) for r in metrics(parts / "node0")] == [1, 2]
-    assert "resumed" in (parts / "node0" / "train.log").read_text()
-    a = load_file(two_nodes_run / "model" / "model.safetensors")
-    b = load_file(parts / "node0" / "model" / "model.safetensors")
+    run, stopped = two_nodes_run
+    assert stopped["epochs"] == [1]
+    assert "config.json" not in stopped["node1"] and "checkpoints" not in stopped["node1"], stopped["node1"]
+    assert [int(r["epoch"]) for r in metrics(run)] == [1, 2]
+    assert "resumed" in (run / "train.log").read_text()
+    a = load_file(one_node_run / "model" / "model.safetensors")
+    b = load_file(run / "model" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
 
