@@ -7,10 +7,10 @@ DATA := .data/cifar10
 RUN ?= runs/s10
 RELEASE := release
 
-.PHONY: gpu-check slurm-test help install test test-fast data train resume seeds screen seeds-record demo bench report release-record release-recalibrate screenshots publish publish-dry-run clean browser
+.PHONY: gpu-check slurm-test help install test test-fast data train resume seeds screen screen-record seeds-record demo bench report release-record release-recalibrate screenshots publish publish-dry-run clean browser
 
 help:
-	@echo "make install | test | test-fast | data | train | resume | demo | bench | report | screenshots | release-record RUN=... | seeds SEEDS=... | seeds-record SEEDS=... | screen SCREEN=... | recipe-record NAME=... RUNS=... | release-recalibrate | publish-dry-run | publish"
+	@echo "make install | test | test-fast | data | train | resume | demo | bench | report | screenshots | release-record RUN=... | seeds SEEDS=... | seeds-record SEEDS=... | screen SCREEN=... | screen-record RUNS=... | recipe-record NAME=... RUNS=... | release-recalibrate | publish-dry-run | publish"
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,21 +75,32 @@ seeds: install data
 			|| exit 1; \
 	done
 
-# Issue 36's screen (docs/training.md, Recipes): each option on top of `--recipe page`, one at a time, seed 0, trained on
-# 45,000 images and measured on the 5,000 held out (val_acc), never on the test set. Mechanisms at 12 epochs (the whole
-# schedule compressed), regularisation strengths at 24. A finished run is skipped, a stopped one resumed. The anchor,
-# `page` itself on the full data and the test set: make train RECIPE=page RUN=...
+# Issue 36's screen (docs/training.md, Recipes): on top of `--recipe page`, seed 0, 24 epochs, trained on 45,000 images
+# and measured on the 5,000 held out (val_acc), never on the test set. First `page` itself and `page` with every option
+# that keeps the network (TRICKS); then the bundle less one option at a time, each option's share. A finished run is
+# skipped, a stopped one resumed. The anchor, `page` on the full data and the test set: make train RECIPE=page RUN=...
 SCREEN ?= runs/screen
+TRICKS := --label-smoothing 0.2 --alternating-flip --ghost-batch 32 --freeze-bn-scale --bn-bias-lr 64 \
+	--bn-bias-decay 0.015625 --ema-decay 0.99 --ema-every 5 --lr-floor 0.1 --floor-epochs 2
 screen: install data
 	@run() { name=$$1; shift; out=$(SCREEN)/$$name; \
 		if [ -f $$out/results.json ]; then echo "$$name: done"; return 0; fi; \
 		if [ -f $$out/config.json ]; then resume=--resume; else resume=; fi; \
 		$(PY) fabric_train.py --data $(DATA) --out $$out --recipe page --seed 0 --holdout 5000 --no-progress-bar \
 			$(FLAGS) $$resume "$$@"; }; \
-	run page-12 --epochs 12 && run ghost-12 --epochs 12 --ghost-batch 32 && \
-	run bnbias-12 --epochs 12 --freeze-bn-scale --bn-bias-lr 64 --bn-bias-decay 0.015625 && \
-	run ema-12 --epochs 12 --ema-decay 0.99 --ema-every 5 --lr-floor 0.1 --floor-epochs 1 && \
-	run page-24 && run ls-24 --label-smoothing 0.2 && run flip-24 --alternating-flip
+	run page-24 && run tricks-24 $(TRICKS) && \
+	run tricks-24-no-ls $(TRICKS) --label-smoothing 0 && \
+	run tricks-24-no-flip $(TRICKS) --no-alternating-flip && \
+	run tricks-24-no-ghost $(TRICKS) --ghost-batch 0 && \
+	run tricks-24-no-bn $(TRICKS) --no-freeze-bn-scale --bn-bias-lr 1 --bn-bias-decay 1 && \
+	run tricks-24-no-ema $(TRICKS) --ema-decay 0 --lr-floor 0 --floor-epochs 0
+
+# The finished screen runs' records (no weights) into release/screen/<run folder's name>/, then the screen's table
+# into docs/training.md: make screen-record RUNS="runs/screen/page-24 runs/screen/tricks-24"
+screen-record: install
+	@test -n "$(RUNS)" || (echo "usage: make screen-record RUNS='<run folder> ...'" >&2; exit 2)
+	for run in $(RUNS); do $(PY) -m s10.seeds $$run --out $(RELEASE)/screen/$$(basename $$run) || exit 1; done
+	$(PY) -m s10.report $(RELEASE) --screen docs/training.md
 
 # Keep a recipe's record (config, results, metrics, log of each run; no weights) beside the release, for the
 # results' "Recipes compared" table: `make recipe-record NAME=course RUNS=release` before a release of a new recipe.
@@ -99,7 +110,8 @@ recipe-record: install
 	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md
 
 report: install
-	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md --recipes docs/training.md
+	$(PY) -m s10.report $(RELEASE) --readme README.md --results docs/results.md --recipes docs/training.md \
+		--screen docs/training.md
 
 # Copy a finished run's record and model into release/ (no checkpoint), then regenerate from it everything that
 # depends on the weights: the OOD detector, the model card, the CAM benchmark (s10/cam.py's default must be what its
@@ -107,7 +119,7 @@ report: install
 # and the earlier recipes' records (release/seeds, release/recipes) stay; s10.report refuses seeds of another recipe.
 release-record: install data browser
 	test -f $(RUN)/results.json
-	mkdir -p $(RELEASE) && find $(RELEASE) -mindepth 1 -maxdepth 1 ! -name seeds ! -name recipes -exec rm -rf {} +
+	mkdir -p $(RELEASE) && find $(RELEASE) -mindepth 1 -maxdepth 1 ! -name seeds ! -name recipes ! -name screen -exec rm -rf {} +
 	cp -r $(RUN)/. $(RELEASE)/
 	rm -rf $(RELEASE)/checkpoints $(RELEASE)/tensorboard
 	$(PY) bench/ood.py --data $(DATA) --model $(RELEASE)/model --json bench/results/ood.json \

@@ -42,11 +42,14 @@ def exact_float32():
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 500,
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int | None = None,
                    flip: bool = False) -> torch.Tensor:
     """float32 logits for uint8 images (N, 3, H, W), or for their mirror images with `flip`, on the images' device,
     in exact float32 (`exact_float32`). Flip TTA is the mean of the two: two passes in all for the plain and the TTA
-    figure."""
+    figure. The batch size is for speed: by default 100 images on a CPU (their activations stay in its caches;
+    bench/eval_batch.py compares sizes and whether the logits are the same), 500 on a GPU."""
+    if batch_size is None:
+        batch_size = 100 if images.device.type == "cpu" else 500
     out = []
     with exact_float32():
         for start in range(0, len(images), batch_size):

@@ -11,6 +11,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ HEADLINE_START = "<!-- headline:start (written by `python -m s10.report`; do not
 HEADLINE_END = "<!-- headline:end -->"
 RECIPES_START = "<!-- recipes:start (written by `python -m s10.report`; do not edit by hand) -->"
 RECIPES_END = "<!-- recipes:end -->"
+SCREEN_START = "<!-- screen:start (written by `python -m s10.report`; do not edit by hand) -->"
+SCREEN_END = "<!-- screen:end -->"
 RUN_START = "<!-- run:start (written by `python -m s10.report`; do not edit by hand) -->"
 RUN_END = "<!-- run:end -->"
 
@@ -327,6 +330,75 @@ def recipes_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def flag(name: str, value) -> str:
+    """A Recipe field and its value as the flag that sets it: `--ghost-batch 32`, `--freeze-bn-scale`,
+    `--no-alternating-flip`."""
+    name = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"`--{name}`" if value else f"`--no-{name}`"
+    return f"`--{name} {value:g}`" if isinstance(value, float) else f"`--{name} {value}`"
+
+
+def beyond_page(summary: dict) -> list[str]:
+    """The flags a held-out record sets on top of `--recipe page` at its own length (epochs), its peak LR included."""
+    from dataclasses import asdict
+
+    from s10.module import RECIPES, Recipe
+    from s10.seeds import full_recipe
+
+    mine = full_recipe(summary["recipe"])
+    page = full_recipe(asdict(Recipe(**{**RECIPES["page"]["values"], "epochs": mine["epochs"]})))
+    out = [flag(k, mine[k]) for k in mine if k != "epochs" and mine[k] != page.get(k)]
+    if summary.get("peak_lr") != RECIPES["page"]["values"]["max_lr"]:
+        out.append("the LR range test" if isinstance(summary.get("peak_lr"), str) else flag("max_lr",
+                                                                                            summary["peak_lr"]))
+    return out
+
+
+def screen_table(folder: Path) -> str:
+    """docs/training.md's screen: every held-out record in `folder` (`python -m s10.seeds RUN --out
+    release/screen/<name>`, `make screen-record`), by length; each row's flags on top of `page`, its accuracy on the
+    held-out training images (mean over its seeds), the difference to `page` at the same length (the row with no
+    flags of its own), and where it ran. Below, the sampling error of one row's figure from the held-out count: the
+    scale against which a difference is noise. Records of the test set (no --holdout) are refused (ValueError)."""
+    import math
+
+    from s10.seeds import seed_list, spread_text
+
+    found = sorted(Path(folder).glob("*/summary.json")) if Path(folder).is_dir() else []
+    rows = [(path.parent.name, json.loads(path.read_text())) for path in found]
+    if not rows:
+        return "No screen run is recorded yet (`make screen-record RUNS=...`).\n"
+    from s10.seeds import data_differences
+
+    for name, s in rows:
+        if "val_acc" not in s:
+            raise ValueError(f"{folder}/{name} has no held-out accuracy (a run without --holdout): the screen chooses "
+                             "on held-out images only, never on the test set")
+        differ = data_differences(s["data"], rows[0][1]["data"])
+        if differ:
+            raise ValueError(f"{folder}/{name} was not trained and measured on the data of {rows[0][0]} "
+                             f"({', '.join(differ)} differ): the screen compares on the same held-out images")
+    rows.sort(key=lambda r: (r[1]["recipe"]["epochs"], bool(beyond_page(r[1])), r[0]))
+    base = {s["recipe"]["epochs"]: s["val_acc"]["mean"] for _, s in rows if not beyond_page(s)}
+    lines = ["| run | on top of `--recipe page` | epochs | seeds | held-out accuracy | against `page` | ran on |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for name, s in rows:
+        e, acc = s["recipe"]["epochs"], s["val_acc"]["mean"]
+        diff = "" if not beyond_page(s) else ("no `page` row" if e not in base else
+                                             f"{100 * (acc - base[e]):+.2f} points")
+        lines.append(f"| {name} | {', '.join(beyond_page(s)) or '(the baseline)'} | {e} | {seed_list(s)} | "
+                     f"{spread_text(s['val_acc'])} | {diff} | {', '.join(s['hardware'])} |")
+    n = rows[0][1]["data"]["held-out images"]
+    p = statistics.fmean(s["val_acc"]["mean"] for _, s in rows)
+    error = 100 * math.sqrt(p * (1 - p) / n)
+    lines += ["", f"Each row is measured on the same {n:,} held-out training images (`--holdout {n}`), never on the "
+              f"test set. The sampling error of one row's figure alone is {error:.2f} points (binomial, at "
+              f"{pct(p)}); a seed's own training noise comes on top of it. An option is kept only if it beats "
+              "`page` of the same length by more than twice that."]
+    return "\n".join(lines) + "\n"
+
+
 def readme_run(run: Path, relative_to: Path) -> str:
     """The README's own report of the release run, below the quick start: what the assignment asks the README itself
     to show. The loss and accuracy curves, the 10 misclassified test images with their true and predicted labels
@@ -368,6 +440,8 @@ def main(argv=None) -> int:
                         "markers")
     parser.add_argument("--results", type=Path, help="rewrite this page's results section between its markers")
     parser.add_argument("--recipes", type=Path, help="rewrite this page's table of the named recipes (docs/training.md)")
+    parser.add_argument("--screen", type=Path, help="rewrite this page's screen table (docs/training.md) from the "
+                        "held-out records in RUN/screen/")
     args = parser.parse_args(argv)
     missing = [n for n in ("config.json", "results.json", "metrics.csv") if not (args.run / n).is_file()]
     if missing:
@@ -381,7 +455,9 @@ def main(argv=None) -> int:
             rewrite_section(args.results, render(args.run, args.results.resolve().parent))
         if args.recipes:
             rewrite_section(args.recipes, recipes_table(), RECIPES_START, RECIPES_END)
-        if not (args.readme or args.results or args.recipes):
+        if args.screen:
+            rewrite_section(args.screen, screen_table(args.run / "screen"), SCREEN_START, SCREEN_END)
+        if not (args.readme or args.results or args.recipes or args.screen):
             sys.stdout.write(render(args.run))
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -32,12 +32,14 @@ def readme_headline() -> str:
 
 
 def test_report_reproduces_the_results_page_and_the_readme_headline():
-    from s10.report import RECIPES_END, RECIPES_START, headline, recipes_table, render
+    from s10.report import RECIPES_END, RECIPES_START, SCREEN_END, SCREEN_START, headline, recipes_table, render
+    from s10.report import screen_table
 
     assert readme_section() == "\n" + render(RELEASE, RESULTS_PAGE.parent)
     assert readme_headline() == "\n" + headline(RELEASE)
     training = (ROOT / "docs" / "training.md").read_text()
     assert training.split(RECIPES_START, 1)[1].split(RECIPES_END, 1)[0] == "\n" + recipes_table()
+    assert training.split(SCREEN_START, 1)[1].split(SCREEN_END, 1)[0] == "\n" + screen_table(RELEASE / "screen")
 
 
 def test_the_readme_itself_shows_the_curves_the_ten_mistakes_and_the_log():

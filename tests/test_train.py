@@ -90,12 +90,15 @@ def probe(run: Path, rank: int = 0) -> dict:
 # the tests that share one are in one xdist group (`make test` runs workers with --dist loadgroup), so each is made
 # once.
 @pytest.fixture(scope="session")
-def probed_run(tiny_data, tmp_path_factory):
+def probed_run(tiny_data, tmp_path_factory, request):
     """probed_run(devices, precision): a 1-epoch smoke run through tests/probe_train.py (which records the dtypes
-    inside the steps), made once and read by every test that asks for the same one."""
+    inside the steps), made once and read by every test that asks for the same one. On 2 processes in float32 it is
+    the 2-process run (`two_process_run`, probed too), so both are in one xdist group."""
     runs = {}
 
     def get(devices: int, precision: str) -> Path:
+        if (devices, precision) == (2, "32-true"):
+            return request.getfixturevalue("two_process_run")
         if (devices, precision) not in runs:
             run = tmp_path_factory.mktemp(f"probed-{devices}-{precision}") / "run"
             ok(run_train("--accelerator", "cpu", "--devices", devices, "--data", tiny_data, "--out", run, *SMOKE,
@@ -106,7 +109,7 @@ def probed_run(tiny_data, tmp_path_factory):
     return get
 
 
-@pytest.mark.xdist_group("probed")
+@pytest.mark.xdist_group("two_processes")
 @pytest.mark.parametrize("devices", [1, 2])
 @pytest.mark.parametrize("precision, dtype", [("bf16-mixed", "bfloat16"), ("32-true", "float32")])
 def test_the_steps_compute_in_the_precision_asked_for(probed_run, devices, precision, dtype):
@@ -637,7 +640,7 @@ def test_a_corrupt_data_copy_on_node_1_stops_every_rank_with_one_line(tiny_data,
         assert "exitcode  : 2" in stderr, stderr[-3000:]
 
 
-@pytest.mark.xdist_group("probed")
+@pytest.mark.xdist_group("two_processes")
 @pytest.mark.parametrize("devices", [1, 2])
 def test_the_losses_weight_every_image_alike(tiny_data, probed_run, devices):
     """metrics.csv's test_loss is the mean cross-entropy over the test images, recounted from the saved weights'
