@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,10 +43,11 @@ def exact_float32():
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int | None = None,
-                   flip: bool = False) -> torch.Tensor:
-    """float32 logits for uint8 images (N, 3, H, W), or for their mirror images with `flip`, on the images' device,
-    in exact float32 (`exact_float32`). Flip TTA is the mean of the two: two passes in all for the plain and the TTA
+def predict_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mean, std,
+                   batch_size: int | None = None, flip: bool = False) -> torch.Tensor:
+    """float32 logits of `model` (a network, or its `forward`: the eager pass of a compiled one) for uint8 images
+    (N, 3, H, W), or for their mirror images with `flip`, on the images' device, in exact float32 (`exact_float32`).
+    Flip TTA is the mean of the two: two passes in all for the plain and the TTA
     figure. The batch size is for speed: by default 100 images on a CPU (their activations stay in its caches;
     bench/eval_batch.py compares sizes and whether the logits are the same), 500 on a GPU."""
     if batch_size is None:
