@@ -37,11 +37,14 @@ ARCHIVE := $(SHARED)/data/cifar10-imagefolder.tar.gz
 data: install
 	$(PY) -m s10.cifar10 $(DATA) --archive $(ARCHIVE)
 
+# pytest-xdist workers: one per core and one more, to use the cores while a test waits (a server starting, a process
+# launching); each gets its share of the cores for its threads (tests/conftest.py).
+WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: install browser data
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm" -n 2 --dist loadgroup --durations=15
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm" -n $(WORKERS) --dist loadgroup --durations=15
 
 test-fast: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm and not slow and not browser" -n 2 --dist loadgroup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm and not slow and not browser" -n $(WORKERS) --dist loadgroup
 
 # RECIPE=course|page: a named recipe (docs/training.md: Recipes), which says where its peak LR comes from; without
 # one, the default recipe with the LR range test. FLAGS="...": single flags over it (--holdout 5000, --compile, ...).
