@@ -37,9 +37,9 @@ ARCHIVE := $(SHARED)/data/cifar10-imagefolder.tar.gz
 data: install
 	$(PY) -m s10.cifar10 $(DATA) --archive $(ARCHIVE)
 
-# pytest-xdist workers: one per core and one more, to use the cores while a test waits (a server starting, a process
-# launching); each gets its share of the cores for its threads (tests/conftest.py).
-WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+# pytest-xdist workers: one per core, each with its share of the cores for its threads (tests/conftest.py). More
+# workers than cores made the suite slower on a 2-core machine (more CPU time in all, not less idle time).
+WORKERS ?= $(shell nproc)
 test: install browser data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm" -n $(WORKERS) --dist loadgroup --durations=15
 

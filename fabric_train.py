@@ -356,9 +356,7 @@ def finish(run: Run) -> None:
     fabric, net = run.fabric, run.published
     per_rank = run.recipe.batch_size // fabric.world_size
     net.eval()
-    # Eager, as users run the weights: `net.forward` bypasses the compiled __call__ of a --compile run, which would
-    # compile this one-off pass again (float32, evaluation mode, the last batch's shape) for no gain.
-    eager = net.forward
+    eager = net.forward  # as users run the weights; a --compile run's compiled __call__ would compile this pass anew
     logits = gather_uneven(fabric, predict_logits(eager, run.test.images, run.mean, run.std, per_rank))
     flipped = gather_uneven(fabric, predict_logits(eager, run.test.images, run.mean, run.std, per_rank, flip=True))
     held_out = None if run.val is None else gather_uneven(

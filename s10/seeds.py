@@ -200,12 +200,26 @@ def brief(recipe: dict, lr: str | float = RANGE_TEST) -> str:
     return ", ".join(parts)
 
 
+# A named recipe's figure as its author published it, for the same network, epochs and test set: (mean plain test
+# accuracy, runs, where). "Recipes compared" sets a record of that name beside it.
+REFERENCES = {"page": (0.940, 50, "David Page's cifar10-fast, \"How to train your ResNet 8: bag of tricks\", the "
+                                  "24-epoch baseline with max-pooling before batch norm")}
+
+
 def compare_lines(recipes: list[tuple[str, dict]]) -> list[str]:
-    """The recipes compared: one row per (name, summary), plain and flip-TTA accuracy as mean +- sd over its seeds."""
+    """The recipes compared: one row per (name, summary), plain and flip-TTA accuracy as mean +- sd over its seeds;
+    below, a record whose name has a published figure (REFERENCES) beside that figure."""
     out = ["| recipe | what it sets | seeds | test accuracy | flip TTA |", "|---|---|---:|---:|---:|"]
     for name, s in recipes:
         out.append(f"| {name} | {brief(s['recipe'], s.get('peak_lr', RANGE_TEST))} | {seed_list(s)} | "
                    f"{spread_text(s['test_acc'])} | {spread_text(s['test_acc_tta'])} |")
+    for name, s in recipes:
+        if name in REFERENCES:
+            acc, runs, where = REFERENCES[name]
+            mine = s["test_acc"]["mean"]
+            out += ["", f"`{name}` as its author measured it: {pct(acc)} mean over {runs} runs ({where}); here "
+                        f"{spread_text(s['test_acc'])} over {s['runs']} seed{'s' if s['runs'] > 1 else ''}, "
+                        f"{100 * (mine - acc):+.2f} points from it."]
     return out
 
 
