@@ -363,14 +363,12 @@ def screen_table(folder: Path) -> str:
     scale against which a difference is noise. Records of the test set (no --holdout) are refused (ValueError)."""
     import math
 
-    from s10.seeds import seed_list, spread_text
+    from s10.seeds import data_differences, seed_list, spread_text
 
     found = sorted(Path(folder).glob("*/summary.json")) if Path(folder).is_dir() else []
     rows = [(path.parent.name, json.loads(path.read_text())) for path in found]
     if not rows:
         return "No screen run is recorded yet (`make screen-record RUNS=...`).\n"
-    from s10.seeds import data_differences
-
     for name, s in rows:
         if "val_acc" not in s:
             raise ValueError(f"{folder}/{name} has no held-out accuracy (a run without --holdout): the screen chooses "
@@ -379,15 +377,16 @@ def screen_table(folder: Path) -> str:
         if differ:
             raise ValueError(f"{folder}/{name} was not trained and measured on the data of {rows[0][0]} "
                              f"({', '.join(differ)} differ): the screen compares on the same held-out images")
-    rows.sort(key=lambda r: (r[1]["recipe"]["epochs"], bool(beyond_page(r[1])), r[0]))
-    base = {s["recipe"]["epochs"]: s["val_acc"]["mean"] for _, s in rows if not beyond_page(s)}
+    flags = {name: beyond_page(s) for name, s in rows}
+    rows.sort(key=lambda r: (r[1]["recipe"]["epochs"], bool(flags[r[0]]), r[0]))
+    base = {s["recipe"]["epochs"]: s["val_acc"]["mean"] for name, s in rows if not flags[name]}
     lines = ["| run | on top of `--recipe page` | epochs | seeds | held-out accuracy | against `page` | ran on |",
              "|---|---|---:|---:|---:|---:|---|"]
     for name, s in rows:
         e, acc = s["recipe"]["epochs"], s["val_acc"]["mean"]
-        diff = "" if not beyond_page(s) else ("no `page` row" if e not in base else
+        diff = "" if not flags[name] else ("no `page` row" if e not in base else
                                              f"{100 * (acc - base[e]):+.2f} points")
-        lines.append(f"| {name} | {', '.join(beyond_page(s)) or '(the baseline)'} | {e} | {seed_list(s)} | "
+        lines.append(f"| {name} | {', '.join(flags[name]) or '(the baseline)'} | {e} | {seed_list(s)} | "
                      f"{spread_text(s['val_acc'])} | {diff} | {', '.join(s['hardware'])} |")
     n = rows[0][1]["data"]["held-out images"]
     p = statistics.fmean(s["val_acc"]["mean"] for _, s in rows)
