@@ -172,7 +172,7 @@ def gpu_peak_tflops(precision: str, name: str) -> tuple[float | None, str]:
 # -- the two loops ---------------------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from lightning.fabric import Fabric
 
     import fabric_train
@@ -191,7 +191,7 @@ def main() -> None:
     p.add_argument("--cpu-ghz", type=float, help="clock for the CPU peak (default: measured)")
     p.add_argument("--json", type=Path, help="write the results here (bench/results/train_throughput.json, which "
                    "bench/render.py puts into docs/speed.md)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.manual_seed(0)
     data = load_dataset(args.data)
     bs, steps = args.batch_size, args.steps
