@@ -6,8 +6,7 @@
     fabric run --accelerator cuda --devices 4 fabric_train.py --data ... --out ...   # 4 GPUs
     fabric run --num-nodes 2 --node-rank R --main-address HOST ... fabric_train.py ...   # 2 nodes
 
-Measured speed: docs/speed.md; the release run's accuracy and wall time: README.md and docs/results.md; CUDA, nodes
-and SLURM: docs/training.md.
+Measured speed: docs/speed.md; the release run: README.md and docs/results.md; CUDA, nodes, SLURM: docs/training.md.
 
 What changes versus plain PyTorch: Fabric places the model and data (no .to(device)), runs every forward pass under
 the precision's autocast (`--precision`), launches and syncs the processes (DDP), and saves/loads the checkpoint.
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from s10 import hardware, record
+from s10.distributed import leave
 from s10.hardware import ACCELERATORS, PRECISIONS, STRATEGIES, canonical_precision, parse_devices
 from s10.record import UsageError, new_recipe, start_or_resume
 from s10.run import Run
@@ -412,7 +412,6 @@ def main(argv=None) -> int:
     if args.resume and saved is None:
         log.info(f"--resume: {args.out} holds no config yet (stopped before its LR range test finished); starting "
                  "from the beginning")
-
     run = Run(fabric, args, recipe, code, saved)
     load_data(run)
     setup_model(run)
@@ -443,6 +442,8 @@ def cli(argv=None) -> int:
     except KeyboardInterrupt:
         print("fabric_train.py: interrupted; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        leave()
 
 
 if __name__ == "__main__":

@@ -110,6 +110,19 @@ def replace(target: Path, new: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def decode(folder: Path) -> None:
+    """Decode the new folder's images once into the cache the trainer reads (s10/data.py, keyed by the files' relative
+    paths and sizes, so it stays valid when the folder is renamed into place): the first run starts training at once,
+    and runs started side by side do not each decode the same 60,000 files."""
+    from s10.data import DataError, load_dataset
+
+    print("decoding the images once into the trainer's cache (.s10-cache)")
+    try:
+        load_dataset(str(folder))
+    except DataError as err:
+        raise FetchError(str(err)) from None
+
+
 def fetch(target: Path, archive: Path) -> str:
     marker = target.with_name(target.name + ".sha256")
     stamp = marker.read_text().strip() if marker.is_file() else None
@@ -128,6 +141,7 @@ def fetch(target: Path, archive: Path) -> str:
         else:
             print(f"no offline archive at {archive}: downloading CIFAR-10 through torchvision into {target}")
             new, stamp = download(target.parent / "downloads", Path(work)), f"download {source()[1]}"
+        decode(new)
         replace(target, new)
     marker.write_text(stamp + "\n")
     return f"{target} is ready"

@@ -92,11 +92,21 @@ def finish(run):
     return original_finish(run)
 
 
-fabric_train.find_lr, fabric_train.finish = find_lr, finish
+original_leave = fabric_train.leave
+this_rank = 0
+
+
+def leave():
+    global this_rank
+    this_rank = rank()  # while the process group is still there: cli() leaves it before it returns
+    original_leave()
+
+
+fabric_train.find_lr, fabric_train.finish, fabric_train.leave = find_lr, finish, leave
 s10.lr_finder.lr_range_test = lr_range_test
 
 if __name__ == "__main__":
     code = fabric_train.cli(sys.argv[1:])
     probe["dtypes"] = {k: sorted(v) for k, v in probe["dtypes"].items()}
-    (out_dir / f"probe-rank{rank()}.json").write_text(json.dumps(probe))
+    (out_dir / f"probe-rank{this_rank}.json").write_text(json.dumps(probe))
     sys.exit(code)

@@ -249,8 +249,8 @@ def make_data(data, shared, env=None):
 
 def test_make_data_without_the_offline_copy_downloads_cifar10_into_class_folders(tmp_path):
     """A clone with no ../shared: `make data` (the target itself) downloads the archive from the (here loopback)
-    server, checks its MD5, and writes the class folders the trainer reads, every pixel as served; run again, it
-    keeps the folder and fetches nothing."""
+    server, checks its MD5, and writes the class folders the trainer reads, every pixel as served, their images
+    decoded once into the trainer's cache; run again, it keeps the folder and fetches nothing."""
     import hashlib
 
     from PIL import Image
@@ -270,8 +270,11 @@ def test_make_data_without_the_offline_copy_downloads_cifar10_into_class_folders
         assert "downloading CIFAR-10 through torchvision" in proc.stdout and server.requests
         requests = server.requests  # torchvision asks once for redirects, then downloads
         assert sorted(p.name for p in (data / "train").iterdir()) == list(CIFAR_NAMES)
-        dataset = load_dataset(str(data))  # what the trainer reads
+        cached = sorted(p.name.split("-")[0] for p in (data / ".s10-cache").iterdir())
+        assert cached == ["test", "train"] and "decoding the images once" in proc.stdout
+        dataset = load_dataset(str(data))  # what the trainer reads: the cache, keyed by the files it was made from
         assert (len(dataset.train), len(dataset.test), dataset.classes) == (50, 10, list(CIFAR_NAMES))
+        assert len(list((data / ".s10-cache").iterdir())) == 2  # read, not decoded again under another key
         for split, width in (("train", 5), ("test", 4)):
             for i, (image, label) in enumerate(held[split]):
                 path = data / split / CIFAR_NAMES[label] / f"{i:0{width}d}.png"

@@ -110,11 +110,12 @@ def probed_run(tiny_data, tmp_path_factory, request):
 
 
 @pytest.mark.xdist_group("two_processes")
-@pytest.mark.parametrize("devices", [1, 2])
 @pytest.mark.parametrize("precision, dtype", [("bf16-mixed", "bfloat16"), ("32-true", "float32")])
-def test_the_steps_compute_in_the_precision_asked_for(probed_run, devices, precision, dtype):
+def test_the_steps_compute_in_the_precision_asked_for(probed_run, precision, dtype):
     """The dtype of the first convolution's output, recorded inside training_step and validation_step on every
-    rank: the arithmetic the flag promises, on one process and on two."""
+    rank: the arithmetic the flag promises, on two processes. On one process the GPU check's self-test checks the
+    same, for each of the three precisions (tests/test_devices.py)."""
+    devices = 2
     run = probed_run(devices, precision)
     assert json.loads((run / "config.json").read_text())["args"]["precision"] == precision
     for rank in range(devices):
@@ -199,15 +200,18 @@ def test_default_precision_on_this_machine(tiny_data, tmp_path):
 # The --compile smoke run (plain weight names, the published accuracy recounted): the GPU check's self-test,
 # tests/test_devices.py, runs it.
 
-TWO = ["--accelerator", "cpu", "--devices", 2, *SMOKE, "--find-lr", "--lr-find-steps", 12, "--precision", "32-true"]
+NODE_FLAGS = ("--find-lr", "--lr-find-steps", 12, "--precision", "32-true")
+TWO = ["--accelerator", "cpu", "--devices", 2, *SMOKE, *NODE_FLAGS]
+SAME_ARITHMETIC = {"OMP_NUM_THREADS": "1"}  # Fabric gives each process cores / local processes threads otherwise
 
 
 @pytest.fixture(scope="session")
 def two_process_run(tiny_data, tmp_path_factory) -> Path:
     """A finished smoke run on 2 processes, its LR range test included, through tests/probe_train.py (each rank's
-    sweep, suggestion and weights recorded): read, never written, by the tests that take it."""
+    sweep, suggestion and weights recorded): read, never written, by the tests that take it. The 2-node runs are
+    compared with it: float32 and one thread per process in both, so the arithmetic is the same."""
     run = tmp_path_factory.mktemp("two-processes") / "run"
-    ok(run_train("--data", tiny_data, "--out", run, *TWO, script=PROBE))
+    ok(run_train("--data", tiny_data, "--out", run, *TWO, script=PROBE, env=SAME_ARITHMETIC))
     return run
 
 
@@ -250,23 +254,6 @@ def test_two_processes_count_every_test_image_once(tiny_data, tmp_path, launcher
     exact = recount(run, tiny_data)
     assert float(metrics(run)[-1]["test_acc"]) == pytest.approx(exact, abs=1e-6)
     assert json.loads((run / "results.json").read_text())["test_acc"] == pytest.approx(exact, abs=1e-6)
-
-
-@pytest.mark.xdist_group("two_processes")
-def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path, two_process_run):
-    """On two processes, each drawing its own augmentation: stopped after epoch 1 and resumed, the run ends with the
-    weights of a run that was never stopped."""
-    full, parts = two_process_run, tmp_path / "parts"
-    ok(run_train("--data", tiny_data, "--out", parts, *TWO, "--stop-after-epoch", 1))
-    assert [int(r["epoch"]) for r in metrics(parts)] == [1]
-    assert not (parts / "model").exists()
-    ok(run_train("--data", tiny_data, "--out", parts, *TWO, "--resume"))
-    assert [int(r["epoch"]) for r in metrics(parts)] == [1, 2]
-    a, b = load_file(full / "model" / "model.safetensors"), load_file(parts / "model" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
-    assert "resumed" in (parts / "train.log").read_text()
 
 
 @pytest.fixture(scope="session")
@@ -495,9 +482,6 @@ def test_a_failure_that_is_not_a_flag_keeps_its_traceback(tiny_data, tmp_path, m
 # -- several nodes, on loopback ---------------------------------------------------------------------------------------
 
 
-SAME_ARITHMETIC = {"OMP_NUM_THREADS": "1"}  # Fabric gives each process cores / local processes threads otherwise
-
-
 def node_copies(tiny_data, tmp_path) -> list[Path]:
     """Each node's own copy of the data folder, as nodes without a shared file system have (made once per test)."""
     copies = [tmp_path / f"data-node{node}" for node in (0, 1)]
@@ -563,35 +547,23 @@ def run_nodes(tiny_data, tmp_path, out, devices: int, *flags, own_out=False) -> 
     return [(data, node_out) for data, node_out, _ in procs]
 
 
-NODE_FLAGS = ("--precision", "32-true", "--find-lr", "--lr-find-steps", 5)
-
-
 @pytest.fixture(scope="session")
 def two_nodes_run(tiny_data, tmp_path_factory) -> tuple[Path, dict]:
     """2 nodes x 1 process through `fabric run --num-nodes 2` on 127.0.0.1, each node with its own data copy and its
     own run folder (no shared disk), the LR range test included, stopped after epoch 1 and resumed: node 0's folder,
-    and what the two folders held at the stop."""
+    and what the two folders held at the stop. The flags of `two_process_run`, which the tests compare it with."""
     root = tmp_path_factory.mktemp("two-nodes")
     parts = root / "parts"
     run_nodes(tiny_data, root, parts, 1, *NODE_FLAGS, "--stop-after-epoch", 1, own_out=True)
     stopped = {"epochs": [int(r["epoch"]) for r in metrics(parts / "node0")],
+               "model": (parts / "node0" / "model").exists(),
                "node1": sorted(p.name for p in (parts / "node1").iterdir()) if (parts / "node1").exists() else []}
     run_nodes(tiny_data, root, parts, 1, *NODE_FLAGS, "--resume", own_out=True)
     return parts / "node0", stopped
 
 
-@pytest.fixture(scope="session")
-def one_node_run(tiny_data, tmp_path_factory) -> Path:
-    """The same run on 1 node x 2 processes, never stopped (float32 and one thread per process in both, so the
-    arithmetic is the same)."""
-    one = tmp_path_factory.mktemp("one-node") / "run"
-    ok(run_train("--accelerator", "cpu", "--devices", 2, "--data", tiny_data, "--out", one, *SMOKE, *NODE_FLAGS,
-                 env=SAME_ARITHMETIC))
-    return one
-
-
-@pytest.mark.xdist_group("two_nodes")
-def test_two_nodes_on_loopback_equal_one_node_with_two_processes(two_nodes_run, one_node_run):
+@pytest.mark.xdist_group("two_processes")
+def test_two_nodes_on_loopback_equal_one_node_with_two_processes(two_nodes_run, two_process_run):
     """2 nodes x 1 process, each decoding its own data copy: the run ends with the weights and test accuracy of
     1 node x 2 processes (same seed, same data, the same LR range test). The 2-node run was also stopped and resumed
     (next test): equal weights say that neither the second node nor the resume changed the training."""
@@ -601,10 +573,11 @@ def test_two_nodes_on_loopback_equal_one_node_with_two_processes(two_nodes_run, 
         assert list((data / ".s10-cache").glob("test-*.safetensors")), f"{data} was not prepared on its node"
     config = json.loads((two / "config.json").read_text())
     assert config["world_size"] == 2 and config["num_nodes"] == 2
-    a, b = load_file(one_node_run / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
+    one = two_process_run
+    a, b = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
-    results = [json.loads((run / "results.json").read_text()) for run in (one_node_run, two)]
+    results = [json.loads((run / "results.json").read_text()) for run in (one, two)]
     assert results[0]["test_acc"] == results[1]["test_acc"] and results[1]["test_images"] == 21
 
 
@@ -616,19 +589,21 @@ def test_two_nodes_of_two_processes_smoke(tiny_data, tmp_path):
     assert float(metrics(run)[-1]["test_acc"]) == pytest.approx(recount(run, tiny_data), abs=1e-6)
 
 
-@pytest.mark.xdist_group("two_nodes")
-def test_two_nodes_with_disks_of_their_own_resume_to_the_uninterrupted_end(two_nodes_run, one_node_run):
-    """2 nodes x 1 process, each node with its own --out and data copy (no shared file system): stopped after epoch 1
-    and resumed, the run ends with the weights of the uninterrupted run. At the stop node 1 has no config.json and no
-    checkpoint of its own: rank 0 reads them and broadcasts them (with --find-lr, a node 1 that started afresh would
-    run the LR range test while node 0 resumes)."""
+@pytest.mark.xdist_group("two_processes")
+def test_two_nodes_with_disks_of_their_own_resume_to_the_uninterrupted_end(two_nodes_run, two_process_run):
+    """2 nodes x 1 process, each node with its own --out and data copy (no shared file system), each rank drawing its
+    own augmentation: stopped after epoch 1 (nothing published yet) and resumed, the run ends with the weights of the
+    uninterrupted run on 1 node x 2 processes. At the stop node 1 has no config.json and no checkpoint of its own:
+    rank 0 reads them and broadcasts them (with --find-lr, a node 1 that started afresh would run the LR range test
+    while node 0 resumes)."""
     run, stopped = two_nodes_run
-    assert stopped["epochs"] == [1]
+    assert stopped["epochs"] == [1] and not stopped["model"]
     assert "config.json" not in stopped["node1"] and "checkpoints" not in stopped["node1"], stopped["node1"]
     assert [int(r["epoch"]) for r in metrics(run)] == [1, 2]
     assert "resumed" in (run / "train.log").read_text()
-    a = load_file(one_node_run / "model" / "model.safetensors")
+    a = load_file(two_process_run / "model" / "model.safetensors")
     b = load_file(run / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
 
