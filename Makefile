@@ -31,8 +31,8 @@ browser: install
 
 # CIFAR-10 as class folders in .data/cifar10 (s10/cifar10.py): the offline archive where it exists (../shared/data on
 # this project's machines; the folder is tied to it by its sha256, so a folder from another archive is replaced), else
-# torchvision's checksummed download. An existing folder is kept when there is no archive; nothing is removed before
-# its replacement is complete.
+# torchvision's checksummed download; a new folder's images are decoded once into the trainer's cache. An existing
+# folder is kept when there is no archive; nothing is removed before its replacement is complete.
 ARCHIVE := $(SHARED)/data/cifar10-imagefolder.tar.gz
 data: install
 	$(PY) -m s10.cifar10 $(DATA) --archive $(ARCHIVE)

@@ -77,8 +77,8 @@ def smoke_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("smoke")
     data = make_tree(root / "data", classes=CIFAR_NAMES, n_train=4, n_test=3, learnable=False)
     run = root / "run"
-    ok(run_train("--data", data, "--out", run, "--smoke", "--batch-size", 16, "--epochs", 1, "--no-progress-bar",
-                 "--no-checkpoint"))
+    train_here("--data", data, "--out", run, "--smoke", "--batch-size", 16, "--epochs", 1, "--no-progress-bar",
+               "--no-checkpoint")
     return run
 
 

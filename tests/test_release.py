@@ -1,8 +1,6 @@
 """The committed release: its record reproduces the README, its weights reproduce the figures, its examples."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -101,28 +99,31 @@ def test_examples_are_classified_as_their_class_or_the_readme_says_which_not():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not CIFAR.is_dir(), reason="needs the offline CIFAR-10 copy: make data")
-def test_the_committed_weights_score_what_the_readme_card_and_app_state():
-    """A recount of the committed weights on all 10,000 test images, by the evaluate command, against the figures
-    printed in the README, the model card's model-index and the config the app's header reads."""
+def test_the_committed_weights_score_what_the_readme_card_and_app_state(capsys):
+    """A recount of the committed weights on all 10,000 test images, by the evaluate command (its own main(), in
+    this process), against the figures printed in the README, the model card's model-index and the config the app's
+    header reads."""
     from huggingface_hub import ModelCard
     from huggingface_hub.repocard_data import model_index_to_eval_results
 
-    proc = subprocess.run([sys.executable, "-m", "s10.evaluate", str(RELEASE / "model"), str(CIFAR)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert proc.returncode == 0, proc.stderr
-    measured = json.loads(proc.stdout)
+    from s10 import evaluate
+
+    code = evaluate.main([str(RELEASE / "model"), str(CIFAR)])
+    proc = capsys.readouterr()  # .out, .err
+    assert code == 0, proc.err
+    measured = json.loads(proc.out)
     assert measured["test_images"] == 10_000
     plain, tta = (f"{100 * measured[k]:.2f} %" for k in ("test_acc", "test_acc_tta"))
     assert f"| CIFAR-10 test split | 10,000 | {plain} | {tta} |" in readme_section()
     assert f"**{plain}** test accuracy on CIFAR-10's 10,000 test images (**{tta}** with flip TTA)" in readme_headline()
-    assert f"{plain} on 10,000 test images, {tta} with flip TTA" in proc.stderr
+    assert f"{plain} on 10,000 test images, {tta} with flip TTA" in proc.err
     recorded = json.loads((RELEASE / "results.json").read_text())["calibration"]
     cal = measured["calibration"]
     assert cal["uncalibrated"] == recorded["uncalibrated"] and cal["calibrated_held_out"] == recorded["calibrated"]
     assert cal["temperature_in_config"] == cal["temperature_fitted_here"] == recorded["temperature"]
     before, after = recorded["uncalibrated"], recorded["calibrated"]
     assert (f"{before['ece']:.4f} / {before['nll']:.4f} / {before['brier']:.4f} plain softmax, {after['ece']:.4f} / "
-            f"{after['nll']:.4f} / {after['brier']:.4f} temperature-scaled") in proc.stderr
+            f"{after['nll']:.4f} / {after['brier']:.4f} temperature-scaled") in proc.err
     assert f"| temperature-scaled (held-out halves) | {after['ece']:.4f} |" in readme_section()
     card = ModelCard.load(RELEASE / "model" / "README.md")
     assert f"| temperature-scaled (held-out halves) | {after['ece']:.4f} |" in card.text
