@@ -279,8 +279,9 @@ def test_sgd_takes_a_nesterov_step_with_l2_on_every_parameter():
 
 
 def test_the_logit_scale_is_in_the_loss_only():
-    """logit_scale multiplies the logits inside the training loss; the network's outputs (what is published and
-    evaluated) are the same as without it."""
+    """logit_scale multiplies the logits inside the training loss, and inside the test loss that the curves set
+    beside it (without label smoothing); the network's outputs (what is published and evaluated) are the same as
+    without it."""
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     plain = S10Module(recipe=Recipe(label_smoothing=0.0)).eval()
@@ -291,6 +292,8 @@ def test_the_logit_scale_is_in_the_loss_only():
     want = torch.nn.functional.cross_entropy(logits * 0.125, y)
     torch.testing.assert_close(scaled.training_step((x, y), 0)["loss"], want)
     assert not torch.allclose(plain.training_step((x, y), 0)["loss"], want)
+    scaled.validation_step((x, y), 0)
+    torch.testing.assert_close(scaled.test_loss.compute(), want)
 
 
 def test_ghost_batch_norm_normalises_each_group_and_keeps_the_network():
