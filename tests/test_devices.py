@@ -220,9 +220,9 @@ def test_the_prepared_gpu_check_passes_its_own_self_test(tiny_data, tmp_path):
     """`bench/gpu_check.py --script-check`, the GPU check's own run on the CPU on tiny data: every end-to-end item
     compares the published accuracy with `s10.evaluate` on the same test images and passes; the compile and the
     throughput items pass; the checks only CUDA can make (steps without host syncs; 16-mixed, which a CPU runs as
-    bf16-mixed, the item before it) are reported as such, not as failures. The compiled run
-    is also the suite's `--compile` smoke run: its weights keep the network's own names, and the accuracy it
-    publishes is the recount of those weights by `s10.evaluate` on the same images."""
+    bf16-mixed, the item before it) are reported as such, not as failures. The compiled run is also the suite's
+    `--compile` smoke run: its weights keep the network's own names, and the accuracy it publishes is the recount of
+    those weights by `s10.evaluate` on the same images."""
     report_path = tmp_path / "gpu-check.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--script-check", "--data",
                            str(tiny_data), "--json", str(report_path)], capture_output=True, text=True, cwd=ROOT,

@@ -112,10 +112,9 @@ def test_the_steps_compute_in_the_precision_asked_for(request, precision, dtype)
     """The dtype of the first convolution's output, recorded inside training_step and validation_step on every
     rank: the arithmetic the flag promises, on two processes. On one process the GPU check's self-test checks the
     same, for each of the three precisions (tests/test_devices.py)."""
-    devices = 2
     run = request.getfixturevalue("averaged_bf16_run" if precision == "bf16-mixed" else "two_process_run")
     assert json.loads((run / "config.json").read_text())["args"]["precision"] == precision
-    for rank in range(devices):
+    for rank in (0, 1):
         assert probe(run, rank)["dtypes"] == {"training_step": [dtype], "validation_step": [dtype]}, rank
 
 
@@ -568,11 +567,10 @@ def test_two_nodes_on_loopback_equal_one_node_with_two_processes(two_nodes_run, 
         assert list((data / ".s10-cache").glob("test-*.safetensors")), f"{data} was not prepared on its node"
     config = json.loads((two / "config.json").read_text())
     assert config["world_size"] == 2 and config["num_nodes"] == 2
-    one = two_process_run
-    a, b = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
+    a, b = (load_file(run / "model" / "model.safetensors") for run in (two_process_run, two))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
-    results = [json.loads((run / "results.json").read_text()) for run in (one, two)]
+    results = [json.loads((run / "results.json").read_text()) for run in (two_process_run, two)]
     assert results[0]["test_acc"] == results[1]["test_acc"] and results[1]["test_images"] == 21
 
 
