@@ -46,7 +46,7 @@ test: install browser data
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm and not slow and not browser" -n $(WORKERS) --dist loadgroup
 
-# RECIPE=course|page: a named recipe (docs/training.md: Recipes), which says where its peak LR comes from; without
+# RECIPE=course|page|tricks: a named recipe (docs/training.md: Recipes), which says where its peak LR comes from; without
 # one, the default recipe with the LR range test. FLAGS="...": single flags over it (--holdout 5000, --compile, ...).
 RECIPE ?=
 FLAGS ?=
@@ -78,25 +78,23 @@ seeds: install data
 			|| exit 1; \
 	done
 
-# Issue 36's screen (docs/training.md, Recipes): on top of `--recipe page`, seed 0, 24 epochs, trained on 45,000 images
-# and measured on the 5,000 held out (val_acc), never on the test set. First `page` itself and `page` with every option
-# that keeps the network (TRICKS); then the bundle less one option at a time, each option's share. A finished run is
-# skipped, a stopped one resumed. The anchor, `page` on the full data and the test set: make train RECIPE=page RUN=...
+# Issue 36's screen (docs/training.md, Recipes): seed 0, 24 epochs, trained on 45,000 images and measured on the 5,000
+# held out (val_acc), never on the test set. First `page` itself and `tricks` (`page` with every option that keeps the
+# network); then `tricks` less one option at a time, each option's share. A finished run is skipped, a stopped one
+# resumed. The anchor, `page` on the full data and the test set: make train RECIPE=page RUN=...
 SCREEN ?= runs/screen
-TRICKS := --label-smoothing 0.2 --alternating-flip --ghost-batch 32 --freeze-bn-scale --bn-bias-lr 64 \
-	--bn-bias-decay 0.015625 --ema-decay 0.99 --ema-every 5 --lr-floor 0.1 --floor-epochs 2
 screen: install data
 	@run() { name=$$1; shift; out=$(SCREEN)/$$name; \
 		if [ -f $$out/results.json ]; then echo "$$name: done"; return 0; fi; \
 		if [ -f $$out/config.json ]; then resume=--resume; else resume=; fi; \
-		$(PY) fabric_train.py --data $(DATA) --out $$out --recipe page --seed 0 --holdout 5000 --no-progress-bar \
+		$(PY) fabric_train.py --data $(DATA) --out $$out --seed 0 --holdout 5000 --no-progress-bar \
 			$(FLAGS) $$resume "$$@"; }; \
-	run page-24 && run tricks-24 $(TRICKS) && \
-	run tricks-24-no-ls $(TRICKS) --label-smoothing 0 && \
-	run tricks-24-no-flip $(TRICKS) --no-alternating-flip && \
-	run tricks-24-no-ghost $(TRICKS) --ghost-batch 0 && \
-	run tricks-24-no-bn $(TRICKS) --no-freeze-bn-scale --bn-bias-lr 1 --bn-bias-decay 1 && \
-	run tricks-24-no-ema $(TRICKS) --ema-decay 0 --lr-floor 0 --floor-epochs 0
+	run page-24 --recipe page && run tricks-24 --recipe tricks && \
+	run tricks-24-no-ls --recipe tricks --label-smoothing 0 && \
+	run tricks-24-no-flip --recipe tricks --no-alternating-flip && \
+	run tricks-24-no-ghost --recipe tricks --ghost-batch 0 && \
+	run tricks-24-no-bn --recipe tricks --no-freeze-bn-scale --bn-bias-lr 1 --bn-bias-decay 1 && \
+	run tricks-24-no-ema --recipe tricks --ema-decay 0 --lr-floor 0 --floor-epochs 0
 
 # The finished screen runs' records (no weights) into release/screen/<run folder's name>/, then the screen's table
 # into docs/training.md: make screen-record RUNS="runs/screen/page-24 runs/screen/tricks-24"

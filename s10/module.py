@@ -119,15 +119,22 @@ RECORDED_BEFORE = {"optimizer": "adam", "ema_decay": 0.0, "ema_every": 5, "alter
 
 # Named recipes (`--recipe NAME`): the values each sets; single flags override them. `find_lr`: the peak LR comes
 # from the LR range test unless --max-lr is given. docs/training.md ("Recipes") says where each comes from.
+# David Page's cifar10-fast 24-epoch baseline for this topology (dawn.py): SGD, Nesterov 0.9, 0 -> 0.4 at epoch 5 -> 0
+# at epoch 24, L2 5e-4 on every parameter, logits x 0.125 in the loss, plain flip, no smoothing.
+PAGE = dict(optimizer="sgd", momentum=0.9, nesterov=True, max_lr=0.4, weight_decay=5e-4, schedule="linear",
+            lr_floor=0.0, floor_epochs=0, logit_scale=0.125, label_smoothing=0.0, alternating_flip=False, ema_decay=0.0)
 RECIPES = {
     # The S10 assignment's: what a student hands in.
     "course": {"values": dict(optimizer="adam", weight_decay=1e-4, schedule="one_cycle", label_smoothing=0.1,
                               alternating_flip=False, ema_decay=0.0), "find_lr": True},
-    # David Page's cifar10-fast 24-epoch baseline for this topology (dawn.py): SGD, Nesterov 0.9, 0 -> 0.4 at epoch
-    # 5 -> 0 at epoch 24, L2 5e-4 on every parameter, logits x 0.125 in the loss, plain flip, no smoothing.
-    "page": {"values": dict(optimizer="sgd", momentum=0.9, nesterov=True, max_lr=0.4, weight_decay=5e-4,
-                            schedule="linear", lr_floor=0.0, floor_epochs=0, logit_scale=0.125, label_smoothing=0.0,
-                            alternating_flip=False, ema_decay=0.0), "find_lr": False},
+    "page": {"values": PAGE, "find_lr": False},
+    # `page` with the options of Page's bag of tricks that keep this network (the screen's bundle, docs/training.md):
+    # label smoothing 0.2, alternating flip, ghost batch norm of 32, batch-norm scales frozen with the biases at 64x
+    # the LR and 1/64 the decay, a weight average 0.99 every 5 steps over the LR held at 0.1x its peak for 2 epochs.
+    "tricks": {"values": {**PAGE, **dict(label_smoothing=0.2, alternating_flip=True, ghost_batch=32,
+                                         freeze_bn_scale=True, bn_bias_lr=64.0, bn_bias_decay=0.015625,
+                                         ema_decay=0.99, ema_every=5, lr_floor=0.1, floor_epochs=2)},
+               "find_lr": False},
 }
 
 

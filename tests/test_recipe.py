@@ -247,6 +247,32 @@ def test_the_page_recipe_is_pages_baseline_and_single_flags_override_it():
     assert changed == dataclasses.replace(r, label_smoothing=0.2)
 
 
+def test_the_tricks_recipe_is_page_with_the_options_that_keep_the_network():
+    """`--recipe tricks` is `--recipe page` with the issue's bundle written out as flags (the screen's tricks-24 ran
+    with them on top of `--recipe page`), nothing else; the screen's table names exactly those flags on top of `page`,
+    and `make screen` trains it by that name."""
+    import fabric_train
+    from s10 import seeds
+    from s10.record import new_recipe
+    from s10.report import beyond_page
+    from tests.conftest import ROOT
+
+    bundle = ["--label-smoothing", "0.2", "--alternating-flip", "--ghost-batch", "32", "--freeze-bn-scale",
+              "--bn-bias-lr", "64", "--bn-bias-decay", "0.015625", "--ema-decay", "0.99", "--ema-every", "5",
+              "--lr-floor", "0.1", "--floor-epochs", "2"]
+    base = ["--data", "x", "--out", "y"]
+    tricks = new_recipe(fabric_train.parse_args(base + ["--recipe", "tricks"]))
+    assert tricks == new_recipe(fabric_train.parse_args(base + ["--recipe", "page"] + bundle))
+    assert not fabric_train.parse_args(base + ["--recipe", "tricks"]).find_lr
+    summary = {"recipe": dataclasses.asdict(tricks), "peak_lr": tricks.max_lr}
+    assert sorted(beyond_page(summary)) == sorted(
+        ["`--label-smoothing 0.2`", "`--alternating-flip`", "`--ghost-batch 32`", "`--freeze-bn-scale`",
+         "`--bn-bias-lr 64`", "`--bn-bias-decay 0.015625`", "`--ema-decay 0.99`", "`--lr-floor 0.1`", "`--floor-epochs 2`"])
+    assert seeds.full_recipe(dataclasses.asdict(tricks)) != seeds.full_recipe(dataclasses.asdict(
+        new_recipe(fabric_train.parse_args(base + ["--recipe", "page"]))))
+    assert "run tricks-24 --recipe tricks" in (ROOT / "Makefile").read_text()
+
+
 def test_the_linear_schedule_holds_its_floor_over_the_last_epochs():
     r = Recipe(schedule="linear", max_lr=1.0, epochs=10, pct_start=0.2, lr_floor=0.1, floor_epochs=2)
     lrs = S10Module(recipe=r, steps_per_epoch=10).lr_schedule()
