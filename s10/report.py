@@ -355,20 +355,17 @@ def beyond_page(summary: dict) -> list[str]:
     return out
 
 
-def screen_table(folder: Path) -> str:
-    """docs/training.md's screen: every held-out record in `folder` (`python -m s10.seeds RUN --out
-    release/screen/<name>`, `make screen-record`), by length; each row's flags on top of `page`, its accuracy on the
-    held-out training images (mean over its seeds), the difference to `page` at the same length (the row with no
-    flags of its own), and where it ran. Below, the sampling error of one row's figure from the held-out count: the
-    scale against which a difference is noise. Records of the test set (no --holdout) are refused (ValueError)."""
+def screen_rows(folder: Path) -> tuple[list[tuple[str, dict]], dict[str, list[str]], float]:
+    """The held-out records in `folder` (`python -m s10.seeds RUN --out release/screen/<name>`), ordered by length
+    and baseline first, each one's flags on top of `page`, and the sampling error of one row's figure (a fraction,
+    binomial at their mean accuracy on the held-out count). Records of the test set (no --holdout), or of other
+    held-out images than the first's, are refused (ValueError)."""
     import math
 
-    from s10.seeds import data_differences, seed_list, spread_text
+    from s10.seeds import data_differences
 
     found = sorted(Path(folder).glob("*/summary.json")) if Path(folder).is_dir() else []
     rows = [(path.parent.name, json.loads(path.read_text())) for path in found]
-    if not rows:
-        return "No screen run is recorded yet (`make screen-record RUNS=...`).\n"
     for name, s in rows:
         if "val_acc" not in s:
             raise ValueError(f"{folder}/{name} has no held-out accuracy (a run without --holdout): the screen chooses "
@@ -379,22 +376,46 @@ def screen_table(folder: Path) -> str:
                              f"({', '.join(differ)} differ): the screen compares on the same held-out images")
     flags = {name: beyond_page(s) for name, s in rows}
     rows.sort(key=lambda r: (r[1]["recipe"]["epochs"], bool(flags[r[0]]), r[0]))
+    if not rows:
+        return rows, flags, 0.0
+    p = statistics.fmean(s["val_acc"]["mean"] for _, s in rows)
+    return rows, flags, math.sqrt(p * (1 - p) / rows[0][1]["data"]["held-out images"])
+
+
+def screen_gains(folder: Path) -> dict[str, tuple[float, bool]]:
+    """Each screen row beyond `page` that has a `page` row of its length: its gain in held-out accuracy over it (a
+    fraction) and whether it is kept, the rule docs/training.md states: a gain of more than twice one row's sampling
+    error. The campaign's choice between recipes is this function's, fixed before their runs end."""
+    rows, flags, error = screen_rows(folder)
     base = {s["recipe"]["epochs"]: s["val_acc"]["mean"] for name, s in rows if not flags[name]}
+    return {name: (s["val_acc"]["mean"] - base[s["recipe"]["epochs"]],
+                   s["val_acc"]["mean"] - base[s["recipe"]["epochs"]] > 2 * error)
+            for name, s in rows if flags[name] and s["recipe"]["epochs"] in base}
+
+
+def screen_table(folder: Path) -> str:
+    """docs/training.md's screen (`make screen-record`): each held-out record's flags on top of `page`, its accuracy
+    on the held-out training images (mean over its seeds), its difference to `page` at the same length (the row with
+    no flags of its own) and whether that keeps it (`screen_gains`), and where it ran. Below, the sampling error of
+    one row's figure from the held-out count: the scale against which a difference is noise."""
+    from s10.seeds import seed_list, spread_text
+
+    rows, flags, error = screen_rows(folder)
+    if not rows:
+        return "No screen run is recorded yet (`make screen-record RUNS=...`).\n"
+    gains = screen_gains(folder)
     lines = ["| run | on top of `--recipe page` | epochs | seeds | held-out accuracy | against `page` | ran on |",
              "|---|---|---:|---:|---:|---:|---|"]
     for name, s in rows:
-        e, acc = s["recipe"]["epochs"], s["val_acc"]["mean"]
-        diff = "" if not flags[name] else ("no `page` row" if e not in base else
-                                             f"{100 * (acc - base[e]):+.2f} points")
-        lines.append(f"| {name} | {', '.join(flags[name]) or '(the baseline)'} | {e} | {seed_list(s)} | "
-                     f"{spread_text(s['val_acc'])} | {diff} | {', '.join(s['hardware'])} |")
-    n = rows[0][1]["data"]["held-out images"]
-    p = statistics.fmean(s["val_acc"]["mean"] for _, s in rows)
-    error = 100 * math.sqrt(p * (1 - p) / n)
+        diff = "" if not flags[name] else "no `page` row" if name not in gains else (
+            f"{100 * gains[name][0]:+.2f} points, {'kept' if gains[name][1] else 'not kept'}")
+        lines.append(f"| {name} | {', '.join(flags[name]) or '(the baseline)'} | {s['recipe']['epochs']} | "
+                     f"{seed_list(s)} | {spread_text(s['val_acc'])} | {diff} | {', '.join(s['hardware'])} |")
+    n, p = rows[0][1]["data"]["held-out images"], statistics.fmean(s["val_acc"]["mean"] for _, s in rows)
     lines += ["", f"Each row is measured on the same {n:,} held-out training images (`--holdout {n}`), never on the "
-              f"test set. The sampling error of one row's figure alone is {error:.2f} points (binomial, at "
+              f"test set. The sampling error of one row's figure alone is {100 * error:.2f} points (binomial, at "
               f"{pct(p)}); a seed's own training noise comes on top of it. An option is kept only if it beats "
-              "`page` of the same length by more than twice that."]
+              f"`page` of the same length by more than twice that ({100 * 2 * error:.2f} points)."]
     return "\n".join(lines) + "\n"
 
 

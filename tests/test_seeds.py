@@ -162,20 +162,22 @@ def test_a_screen_record_holds_the_held_out_accuracy(tmp_path):
 
 def test_the_screen_table_sets_each_option_against_page_of_its_length(tmp_path):
     """The screen's table (docs/training.md) from held-out records made by `python -m s10.seeds`: each row's flags on
-    top of `page`, its held-out accuracy, its difference to `page` of the same length, where it ran; the sampling
-    error from the held-out count. A record of the test set, or of other held-out images, is refused."""
+    top of `page`, its held-out accuracy, its difference to `page` of the same length and whether the rule keeps it
+    (a gain of more than twice the sampling error from the held-out count), where it ran. A record of the test set,
+    or of other held-out images, is refused."""
     from dataclasses import asdict
 
     import pytest
 
     from s10.module import RECIPES, Recipe
-    from s10.report import screen_table
+    from s10.report import screen_gains, screen_table
 
     held = {"args": {"holdout": 5000}, "data": {"held_out_images": 5000, "train_images": 45000}}
     page = {k: v for k, v in asdict(Recipe(**RECIPES["page"]["values"])).items() if k not in ("seed", "max_lr")}
     arms = {"page-24": ({}, 0.9411), "tricks-24": ({"label_smoothing": 0.2, "ghost_batch": 32,
                                                    "alternating_flip": True}, 0.9452),
-            "page-12": ({"epochs": 12}, 0.9301), "ghost-12": ({"epochs": 12, "ghost_batch": 32}, 0.9290)}
+            "page-12": ({"epochs": 12}, 0.9301), "ghost-12": ({"epochs": 12, "ghost_batch": 32}, 0.9290),
+            "big-24": ({"ema_decay": 0.99}, 0.9520)}
     screen = tmp_path / "release" / "screen"
     for name, (changes, acc) in arms.items():
         run = fake_run(tmp_path / "runs" / name, 0, acc + 0.01, acc + 0.012, recipe={**page, **changes}, max_lr=0.4,
@@ -183,13 +185,20 @@ def test_the_screen_table_sets_each_option_against_page_of_its_length(tmp_path):
         seeds.record([run], screen / name)
     table = screen_table(screen)
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split(" | ")[0] for r in rows] == ["| page-12", "| ghost-12", "| page-24", "| tricks-24"]
+    assert [r.split(" | ")[0] for r in rows] == ["| page-12", "| ghost-12", "| page-24", "| big-24", "| tricks-24"]
     assert rows[0] == "| page-12 | (the baseline) | 12 | 0 | 93.01 % |  | 2 CPU cores (Xeon) |"
-    assert rows[1] == "| ghost-12 | `--ghost-batch 32` | 12 | 0 | 92.90 % | -0.11 points | 2 CPU cores (Xeon) |"
-    assert rows[3].startswith("| tricks-24 | `--label-smoothing 0.2`, `--ghost-batch 32`, `--alternating-flip` | 24 | "
-                              "0 | 94.52 % | +0.41 points |")
-    mean = (0.9411 + 0.9452 + 0.9301 + 0.9290) / 4
-    assert f"alone is {100 * (mean * (1 - mean) / 5000) ** 0.5:.2f} points" in table
+    assert rows[1] == ("| ghost-12 | `--ghost-batch 32` | 12 | 0 | 92.90 % | -0.11 points, not kept | "
+                       "2 CPU cores (Xeon) |")
+    assert rows[3].startswith("| big-24 | `--ema-decay 0.99` | 24 | 0 | 95.20 % | +1.09 points, kept |")
+    assert rows[4].startswith("| tricks-24 | `--label-smoothing 0.2`, `--ghost-batch 32`, `--alternating-flip` | 24 | "
+                              "0 | 94.52 % | +0.41 points, not kept |")
+    mean = (0.9411 + 0.9452 + 0.9301 + 0.9290 + 0.9520) / 5
+    error = (mean * (1 - mean) / 5000) ** 0.5
+    assert f"alone is {100 * error:.2f} points" in table and f"more than twice that ({200 * error:.2f} points)" in table
+    gains = screen_gains(screen)
+    assert sorted(gains) == ["big-24", "ghost-12", "tricks-24"]
+    assert [gains[n][1] for n in ("big-24", "ghost-12", "tricks-24")] == [True, False, False]
+    assert gains["tricks-24"][0] == pytest.approx(0.9452 - 0.9411)
     assert "same 5,000 held-out training images" in table
 
     seeds.record([fake_run(tmp_path / "runs" / "other", 0, 0.95, 0.95, recipe=page, max_lr=0.4,
