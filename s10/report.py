@@ -324,10 +324,15 @@ def recipes_table() -> str:
     lines.append("| peak LR from | " + " | ".join("the LR range test" if RECIPES[n]["find_lr"] else "given"
                                                   for n in names) + " | `--find-lr`, or the given `--max-lr` |")
     for k in shown:
-        cells = [f"{RECIPES[n]['values'][k]}" if k in RECIPES[n]["values"] else f"{default[k]} (default)"
-                 for n in names]
-        lines.append(f"| `--{k.replace('_', '-')}` | " + " | ".join(cells) + f" | {default[k]} |")
+        cells = [shown_value(RECIPES[n]["values"][k]) if k in RECIPES[n]["values"] else
+                 f"{shown_value(default[k])} (default)" for n in names]
+        lines.append(f"| `--{k.replace('_', '-')}` | " + " | ".join(cells) + f" | {shown_value(default[k])} |")
     return "\n".join(lines) + "\n"
+
+
+def shown_value(value) -> str:
+    """A recipe value as docs/training.md's table shows it: 0.208333 for 5/24, 0.0001, 64, True."""
+    return f"{value:g}" if isinstance(value, float) else f"{value}"
 
 
 def flag(name: str, value) -> str:

@@ -247,6 +247,19 @@ def test_the_page_recipe_is_pages_baseline_and_single_flags_override_it():
     assert changed == dataclasses.replace(r, label_smoothing=0.2)
 
 
+def test_a_named_recipe_sets_every_value_so_that_none_follows_the_defaults():
+    """Each named recipe sets every field of `Recipe` but the run's length, batch, seed and range-test steps (and the
+    peak LR where the range test finds it), and a record that predates a field reads it as runs did then: changing a
+    default (to the best recipe measured) changes neither a named recipe nor how an old record reads."""
+    from s10.module import RECIPES, RECORDED_BEFORE
+
+    free = {"seed", "epochs", "batch_size", "lr_find_steps"}
+    every = {f.name for f in dataclasses.fields(Recipe)}
+    for name, recipe in RECIPES.items():
+        assert set(recipe["values"]) | free | ({"max_lr"} if recipe["find_lr"] else set()) == every, name
+    assert set(RECORDED_BEFORE) | free | {"max_lr", "label_smoothing"} == every
+
+
 def test_the_tricks_recipe_is_page_with_the_options_that_keep_the_network():
     """`--recipe tricks` is `--recipe page` with the issue's bundle written out as flags (the screen's tricks-24 ran
     with them on top of `--recipe page`), nothing else; the screen's table names exactly those flags on top of `page`,
@@ -390,8 +403,8 @@ def test_a_held_out_split_is_measured_and_never_trained_on(tiny_data, tmp_path, 
     val_acc; the recipe's name and the options (ghost batch norm, frozen scales, bias LR) reach config.json."""
     a = tmp_path / "a"
     flags = ["--batch-size", 8, "--epochs", 1, "--no-progress-bar", "--precision", "32-true", "--recipe", "page"]
-    train_here("--data", tiny_data, "--out", a, *flags, "--holdout", 10, "--ghost-batch", 4, "--freeze-bn-scale",
-               "--bn-bias-lr", 16)
+    flags += ["--ghost-batch", 4, "--freeze-bn-scale", "--bn-bias-lr", 16]  # a named recipe sets every value
+    train_here("--data", tiny_data, "--out", a, *flags, "--holdout", 10)
     results = json.loads((a / "results.json").read_text())
     config = json.loads((a / "config.json").read_text())
     assert results["val_images"] == 10 and 0 <= results["val_acc"] <= 1
