@@ -160,6 +160,16 @@ def lines(summary: dict) -> list[str]:
     return out
 
 
+def held_out_lines(summary: dict) -> list[str]:
+    """What recording a screen run (--holdout) prints: each seed's accuracy on the held-out training images, the
+    figure recipes are chosen on; its test figures stay in the record, out of sight of the choice."""
+    out = ["| seed | peak LR | held-out accuracy |", "|---:|---:|---:|"]
+    out += [f"| {s['seed']} | {s['max_lr']:.2e} | {pct(s['val_acc'])} |" for s in summary["seeds"]]
+    if summary["runs"] > 1:
+        out.append(f"| **mean +- sd over {summary['runs']} seeds** | | **{spread_text(summary['val_acc'])}** |")
+    return out
+
+
 def aim_line(summary: dict) -> str:
     """The project's aim against a recipe's seeds: reached, or by how many points it falls short, and on how many
     seeds of the aim's."""
@@ -233,7 +243,7 @@ def main(argv=None) -> int:
     except (SeedsError, OSError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print("\n".join(lines(summary)))
+    print("\n".join(held_out_lines(summary) if "val_acc" in summary else lines(summary)))
     return 0
 
 

@@ -146,12 +146,16 @@ def test_recipes_compared_and_the_seeds_must_share_the_releases_data(tmp_path):
         report.recipes(release)
 
 
-def test_a_screen_record_holds_the_held_out_accuracy(tmp_path):
-    """Runs with --holdout: the record keeps each seed's val_acc and their mean, the figure recipes are chosen on;
-    runs without it have none."""
+def test_a_screen_record_holds_the_held_out_accuracy(tmp_path, capsys):
+    """Runs with --holdout: the record keeps each seed's val_acc and their mean, the figure recipes are chosen on,
+    and recording them prints that figure, never the test set's; runs without it have none."""
     accs = [0.9301, 0.9342]
     held = {"args": {"holdout": 5000}, "data": {"held_out_images": 5000, "train_images": 45000}}
     runs = [fake_run(tmp_path / f"s{k}", k, a, a, **held) for k, a in enumerate(accs)]
+    assert seeds.main([*map(str, runs), "--out", str(tmp_path / "screen")]) == 0
+    printed = capsys.readouterr().out
+    assert "| 0 | 2.30e-03 | 92.01 % |" in printed and "held-out accuracy" in printed
+    assert "93.01 %" not in printed and "test accuracy" not in printed
     summary = seeds.summarize(runs)
     assert [s["val_acc"] for s in summary["seeds"]] == [a - 0.01 for a in accs]
     assert summary["val_acc"]["mean"] == statistics.fmean(a - 0.01 for a in accs)
