@@ -149,6 +149,25 @@ def compile_speed(r: dict) -> list[str]:
     return lines
 
 
+def ghost_batch(r: dict) -> list[str]:
+    t, e = r["step_s"], r["grad_error_vs_float64"]
+    ours, baseline = t["ours"] - t["plain"], t["op by op"] - t["plain"]
+    return [f"`python bench/ghost_batch.py --steps {r['steps']} --rounds {r['rounds']} --json "
+            f"bench/results/ghost_batch.json` ({r['date']}; {r['machine']}; torch {r['torch']}, {r['threads']} "
+            f"threads; {r['precision']}, batch {r['batch']}, groups of {r['group']}; the median of the rounds, the "
+            "variants alternating in one process):", "",
+            "| batch norm | seconds a training step | against plain | median gradient error against float64 |",
+            "|---|---:|---:|---:|",
+            f"| plain | {t['plain']:.3f} | 1.00x | |",
+            f"| ghost, ours (one fused call on the regrouped batch) | {t['ours']:.3f} | {t['ours'] / t['plain']:.2f}x | "
+            f"{e['ours']:.0e} |",
+            f"| ghost, op by op in float32 | {t['op by op']:.3f} | {t['op by op'] / t['plain']:.2f}x | "
+            f"{e['op by op']:.0e} |", "",
+            f"Ghost batch norm's own cost: **{ours:.2f} s** a step ours, {baseline:.2f} s op by op "
+            f"(**{baseline / ours:.1f}x** ours). The gradient errors: one step's, each parameter's against the "
+            "same step in float64, the median over the parameters."]
+
+
 def train_precision_by_cpu(r: dict) -> list[str]:
     lines = [f"`{r['command']}`: our training loop's images/s in each precision, one row per CPU kind (the newest "
              "run of each), and the precision the trainer picks there by default.", "",
@@ -219,7 +238,7 @@ def weight_average(r: dict) -> list[str]:
 
 
 RENDERERS = {"train_throughput": train_throughput, "train_precision_by_cpu": train_precision_by_cpu,
-             "compile_speed": compile_speed,
+             "compile_speed": compile_speed, "ghost_batch": ghost_batch,
              "app_load": app_load, "app_latency": app_latency, "cam_faithfulness": cam_faithfulness, "ood": ood,
              "weight_average": weight_average}
 

@@ -283,24 +283,26 @@ def ghost_batch_norm(net: torch.nn.Module, group: int):
 
 
 def _ghost_forward(bn, group: int, x: torch.Tensor) -> torch.Tensor:
-    b, c = x.shape[:2]
+    """Page's way: the batch regrouped into `group` images of G x C channels, the k-th image of every group side by
+    side, so that one call of the fused batch-norm kernel normalises each group's channels by that group's statistics
+    (its weights, biases and running statistics repeated G times; the running statistics then averaged back)."""
+    b, c, h, w = x.shape
     if b <= group:
         return type(bn).forward(bn, x)
     if b % group:
         raise ValueError(f"ghost batch norm: a batch of {b} images does not split into groups of {group}")
-    xg = x.float().unflatten(0, (b // group, group))  # (G, group, C, H, W)
-    dims = (1, *range(3, xg.ndim))
-    var, mean = torch.var_mean(xg, dim=dims, correction=0, keepdim=True)  # (G, 1, C, 1, 1)
-    y = (xg - mean) * torch.rsqrt(var + bn.eps)
-    shape = (1, 1, c) + (1,) * (xg.ndim - 3)
-    y = y * bn.weight.view(shape) + bn.bias.view(shape)
-    with torch.no_grad():  # the running statistics: the groups' mean and unbiased variance, averaged
-        n = xg[0].numel() // c
-        bn.running_mean.lerp_(mean.mean(0).flatten(), bn.momentum)
-        bn.running_var.lerp_((var * n / (n - 1)).mean(0).flatten(), bn.momentum)
+    g = b // group
+    # (G, group, C, H, W) -> (group, H, W, G, C): one copy, laid out channels-last for the kernel
+    x2 = x.unflatten(0, (g, group)).permute(1, 3, 4, 0, 2).reshape(group, h, w, g * c).permute(0, 3, 1, 2)
+    mean, var = bn.running_mean.repeat(g), bn.running_var.repeat(g)
+    y2 = F.batch_norm(x2, mean, var, bn.weight.repeat(g), bn.bias.repeat(g), True, bn.momentum, bn.eps)
+    with torch.no_grad():  # each group moved its copy of the running statistics; the batch moves them by the average
+        bn.running_mean.copy_(mean.view(g, c).mean(0))
+        bn.running_var.copy_(var.view(g, c).mean(0))
         bn.num_batches_tracked.add_(1)
-    return y.flatten(0, 1).to(x.dtype).contiguous(memory_format=torch.channels_last if x.is_contiguous(
-        memory_format=torch.channels_last) else torch.contiguous_format)
+    # back to (G, group, H, W, C), one copy: the batch in its order, channels-last
+    y = y2.permute(0, 2, 3, 1).unflatten(3, (g, c)).permute(3, 0, 1, 2, 4).reshape(b, h, w, c).permute(0, 3, 1, 2)
+    return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
 
 
 SHORT_AVERAGE = 0.02

@@ -336,9 +336,10 @@ def test_the_logit_scale_is_in_the_loss_only():
 
 
 def test_ghost_batch_norm_normalises_each_group_and_keeps_the_network():
-    """Ghost batch norm of groups of 4 in an 8-image batch: the training output is each group through its own
-    plain batch norm; the running statistics move once, by the groups' average; evaluation, the parameters and the
-    state dict's keys are as without it."""
+    """Ghost batch norm of groups of 4 in an 8-image batch: the training output, and the gradients of the input and
+    the parameters, are each group's through its own plain batch norm, in either memory layout (the trainer's is
+    channels-last, and it is kept); the running statistics move once, by the groups' average; evaluation, the
+    parameters and the state dict's keys are as without it."""
     from s10.module import ghost_batch_norm
 
     torch.manual_seed(0)
@@ -355,6 +356,20 @@ def test_ghost_batch_norm_normalises_each_group_and_keeps_the_network():
     torch.testing.assert_close(bn.running_mean, (groups[0].running_mean + groups[1].running_mean) / 2)
     torch.testing.assert_close(bn.running_var, (groups[0].running_var + groups[1].running_var) / 2)
     assert int(bn.num_batches_tracked) == 1 and "forward" not in vars(bn)  # restored after the block
+    before = copy_of(bn)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        ghost, groups = copy_of(before), [copy_of(before) for _ in range(2)]
+        xs = [x.contiguous(memory_format=layout).requires_grad_() for _ in range(2)]
+        up = torch.randn(8, 3, 5, 5)
+        with ghost_batch_norm(torch.nn.Sequential(ghost), 4):
+            got = ghost(xs[0])
+        (got * up).sum().backward()
+        (torch.cat([g(part) for g, part in zip(groups, xs[1].chunk(2))]) * up).sum().backward()
+        assert got.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-5)
+        for name in ("weight", "bias"):
+            grad = getattr(groups[0], name).grad + getattr(groups[1], name).grad
+            torch.testing.assert_close(getattr(ghost, name).grad, grad, rtol=1e-5, atol=1e-5)
     plain = copy_of(bn)
     torch.testing.assert_close(holder(x), plain(x))  # outside the block: plain batch norm
     module = S10Module(recipe=Recipe(ghost_batch=4))
