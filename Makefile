@@ -123,6 +123,7 @@ release-record: install data browser
 	mkdir -p $(RELEASE) && find $(RELEASE) -mindepth 1 -maxdepth 1 ! -name seeds ! -name recipes ! -name screen -exec rm -rf {} +
 	cp -r $(RUN)/. $(RELEASE)/
 	rm -rf $(RELEASE)/checkpoints $(RELEASE)/tensorboard
+	$(PY) -m s10.plots $(RELEASE)  # the curves as today's code draws them, from the run's record
 	$(PY) bench/ood.py --data $(DATA) --model $(RELEASE)/model --json bench/results/ood.json \
 		--samples docs/images/ood_kinds.png --ship
 	$(PY) -m hub.card $(RELEASE)

@@ -22,14 +22,18 @@ def _save(fig, path):
     plt.close(fig)
 
 
-def curves(rows: list[dict], path: str | Path, schedule: list[float] | None = None) -> None:
+def curves(rows: list[dict], path: str | Path, schedule: list[float] | None = None, recipe=None) -> None:
     """Loss, accuracy and LR per epoch (rows as in metrics.csv); with `schedule` (the LR of every step of the
-    run), the LR panel draws the whole One Cycle schedule, with the epochs' last-step LRs on it."""
+    run), the LR panel draws the whole schedule, with the epochs' last-step LRs on it. `recipe` (s10.module.Recipe)
+    names the schedule and what the losses read: the label smoothing and the logit scale."""
+    smoothing, scale = (recipe.label_smoothing, recipe.logit_scale) if recipe is not None else (0.0, 1.0)
+    scaled = f"logits x {scale:g}" if scale != 1 else ""
+    train = ", ".join(filter(None, [f"label smoothing {smoothing:g}" if smoothing else "", scaled]))
     epochs = [int(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
     ax = axes[0]
-    ax.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train (with label smoothing)")
-    ax.plot(epochs, [float(r["test_loss"]) for r in rows], "s-", label="test")
+    ax.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label=f"train ({train})" if train else "train")
+    ax.plot(epochs, [float(r["test_loss"]) for r in rows], "s-", label=f"test ({scaled})" if scaled else "test")
     ax.set(title="Cross-entropy loss", xlabel="epoch", ylabel="loss (nats)")
     ax.legend()
     ax = axes[1]
@@ -43,11 +47,29 @@ def curves(rows: list[dict], path: str | Path, schedule: list[float] | None = No
         ax.plot([(i + 1) / steps_per_epoch for i in range(len(schedule))], schedule, color="tab:green",
                 label="every step")
     ax.plot(epochs, [float(r["lr"]) for r in rows], "o", color="tab:green", label="last step of each epoch")
-    ax.set(title="Learning rate (One Cycle)", xlabel="epoch", ylabel="LR")
+    name = {"one_cycle": " (One Cycle)", "linear": " (linear)"}.get(getattr(recipe, "schedule", None), "")
+    ax.set(title=f"Learning rate{name}", xlabel="epoch", ylabel="LR")
     ax.legend()
     for ax in axes:
         ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def redraw_curves(run: str | Path) -> None:
+    """A finished run folder's curves.png drawn again from its metrics.csv and config.json (its recipe and its
+    schedule), as today's code draws it: `make release-record` does so for a run that older code drew."""
+    import csv
+    import json
+
+    from s10.module import Recipe, S10Module
+
+    run = Path(run)
+    config = json.loads((run / "config.json").read_text())
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    recipe = Recipe.from_record(config["recipe"])
+    schedule = S10Module(recipe=recipe, steps_per_epoch=config["steps_per_epoch"]).lr_schedule()
+    curves(rows, run / "curves.png", schedule, recipe)
 
 
 def lr_finder(result, path: str | Path, rule: str) -> None:
@@ -126,3 +148,24 @@ def reliability(calibration: dict, path: str | Path) -> None:
         ax.bar(centres, [b["count"] for b in bins], width=width * 0.9, color="grey")
         ax.set(xlabel="top probability (15 bins)", ylabel="test images", yscale="log")
     _save(fig, path)
+
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m s10.plots", description="Draw a finished run's curves.png again "
+                                     "from its metrics.csv and config.json.")
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    for run in parser.parse_args(argv).runs:
+        try:
+            redraw_curves(run)
+        except (OSError, ValueError, KeyError) as err:
+            print(f"error: {run}: not a finished run folder ({err})", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -211,7 +211,7 @@ def write_results(run, logits: torch.Tensor, logits_tta: torch.Tensor, held_out:
         counts = torch.bincount(data.test.labels, minlength=len(data.classes)).tolist()
         for c, n in zip(data.classes, counts):
             writer.writerow([c, n, f"{results['per_class_acc'][c]:.4f}"])
-    plots.curves(run.rows, out / "curves.png", run.module.lr_schedule())
+    plots.curves(run.rows, out / "curves.png", run.module.lr_schedule(), run.recipe)
     plots.confusion_matrix(results["confusion_matrix"], data.classes, out / "confusion_matrix.png")
     plots.reliability(results["calibration"], out / "reliability.png")
     pack = misclassified(logits, data.test, temperature=results["temperature"])

@@ -134,6 +134,37 @@ def test_grid_draws_ten_captioned_images(monkeypatch, tmp_path):
     assert titled == captions and captions[0] == "true: cat / pred: dog (0.50)"
 
 
+def test_the_curves_name_the_runs_schedule_and_what_its_losses_read(finished_run, tmp_path, monkeypatch, capsys):
+    """The curves' titles and legends come from the run's recipe: One Cycle and label smoothing for the course's,
+    linear and the logits x 0.125 for Page's. `python -m s10.plots RUN` draws a finished run's curves again from its
+    record (`make release-record` does, for a run drawn by older code) and refuses a folder that is not a run."""
+    from s10.module import RECIPES
+
+    finished, _ = finished_run
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(finished / "metrics.csv", run / "metrics.csv")
+    config = json.loads((finished / "config.json").read_text())
+    found = config["recipe"]["max_lr"]  # the finished run's range test's peak: the course's peak LR
+    for name in ("course", "page"):
+        config["recipe"].update(RECIPES[name]["values"])
+        (run / "config.json").write_text(json.dumps(config))
+        assert plots.main([str(run)]) == 0
+    (course, page) = [([ax.get_title() for ax in fig.axes],
+                       [t.get_text() for t in fig.axes[0].get_legend().get_texts()]) for fig in figures]
+    assert course == (["Cross-entropy loss", "Accuracy", "Learning rate (One Cycle)"],
+                      ["train (label smoothing 0.1)", "test"])
+    assert page == (["Cross-entropy loss", "Accuracy", "Learning rate (linear)"],
+                    ["train (logits x 0.125)", "test (logits x 0.125)"])
+    course_lr, page_lr = [fig.axes[2].lines[0].get_ydata() for fig in figures]  # the recorded recipe's schedule
+    assert page_lr[0] == 0.0 and 0.3 < max(page_lr) <= 0.4  # Page's: from 0 to 0.4 (a short run's steps miss the peak)
+    assert course_lr[0] == pytest.approx(found / 100)  # One Cycle's start: peak / div_factor
+    assert plots.main([str(tmp_path / "nowhere")]) == 2
+    assert "not a finished run folder" in capsys.readouterr().err
+
+
 def test_report_is_deterministic_and_rewrites_the_readme(finished_run, tmp_path):
     from s10.report import END, HEADLINE_END, HEADLINE_START, RUN_END, RUN_START, START, main
 
