@@ -188,11 +188,12 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
         from s10 import seeds
 
         mine = spread or seeds.summarize([run])
+        name = seeds.recipe_name(seeds.summary_key(mine))
         lines += ["", "### Recipes compared", "",
                   "This release's recipe beside the earlier ones (their records, no weights, in "
                   f"[`recipes/`]({img('recipes')})), each over its seeds, all trained and tested on the same data "
                   "(their records agree: `s10.seeds.data_of`):", "",
-                  *seeds.compare_lines([*others, ("this release's recipe", mine)])]
+                  *seeds.compare_lines([*others, (f"this release's recipe{f' (`{name}`)' if name else ''}", mine)])]
     lines += [
         "",
         "Per class (all test images): " + ", ".join(f"{c} {pct(a)}" for c, a in results["per_class_acc"].items()) + ".",

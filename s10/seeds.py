@@ -61,6 +61,18 @@ def summary_key(summary: dict) -> tuple[dict, str | float]:
     return full_recipe(summary["recipe"]), summary.get("peak_lr", RANGE_TEST)
 
 
+def recipe_name(key: tuple[dict, str | float]) -> str | None:
+    """The named recipe (`--recipe NAME`, s10.module.RECIPES) that a recipe_key is, value for value, its length and
+    its peak LR's origin included; None for any other recipe (one flag changed, another length, another LR)."""
+    from s10.module import RECIPES, Recipe
+
+    for name, named in RECIPES.items():
+        values = dataclasses.asdict(Recipe(**named["values"]))
+        if key == (full_recipe(values), RANGE_TEST if named["find_lr"] else values["max_lr"]):
+            return name
+    return None
+
+
 def data_of(config: dict, results: dict) -> dict:
     """What a run was trained and tested on, as its record says: the data's fingerprint (records from before it
     have the sizes only), the sizes, the classes and the flags that cut the data. Two runs to pool must agree on
@@ -217,13 +229,15 @@ REFERENCES = {"page": (0.940, 50, "David Page's cifar10-fast, \"How to train you
 
 
 def compare_lines(recipes: list[tuple[str, dict]]) -> list[str]:
-    """The recipes compared: one row per (name, summary), plain and flip-TTA accuracy as mean +- sd over its seeds;
-    below, a record whose name has a published figure (REFERENCES) beside that figure."""
+    """The recipes compared: one row per (label, summary), plain and flip-TTA accuracy as mean +- sd over its seeds;
+    below, a record that is a named recipe with a published figure (REFERENCES: matched by its values, whatever its
+    label) beside that figure."""
     out = ["| recipe | what it sets | seeds | test accuracy | flip TTA |", "|---|---|---:|---:|---:|"]
-    for name, s in recipes:
-        out.append(f"| {name} | {brief(s['recipe'], s.get('peak_lr', RANGE_TEST))} | {seed_list(s)} | "
+    for label, s in recipes:
+        out.append(f"| {label} | {brief(s['recipe'], s.get('peak_lr', RANGE_TEST))} | {seed_list(s)} | "
                    f"{spread_text(s['test_acc'])} | {spread_text(s['test_acc_tta'])} |")
-    for name, s in recipes:
+    for _, s in recipes:
+        name = recipe_name(summary_key(s))
         if name in REFERENCES:
             acc, runs, where = REFERENCES[name]
             mine = s["test_acc"]["mean"]

@@ -226,3 +226,28 @@ def test_a_recipe_with_a_published_figure_is_set_beside_it(tmp_path):
     assert len(said) == 1 and said[0].startswith(f"`page` as its author measured it: {100 * acc:.2f} % mean over "
                                                  f"{runs} runs")
     assert f"here 93.71 % over 1 seed, {100 * (0.9371 - acc):+.2f} points from it." in said[0]
+
+
+def test_a_record_is_named_by_its_values_and_set_beside_its_authors_figure(tmp_path):
+    """A recipe is the named recipe it equals value for value, its length and its peak LR's origin included (one
+    flag changed, another length or a range test instead of the given LR: no name). "Recipes compared" sets a
+    record that is `page` beside Page's published figure whatever its row's label, so the release's own row (its
+    label "this release's recipe") gets it once the release is `page` over three seeds."""
+    from dataclasses import asdict
+
+    from s10.module import RECIPES, Recipe
+
+    page = asdict(Recipe(**RECIPES["page"]["values"]))
+    assert seeds.recipe_name((seeds.full_recipe(page), 0.4)) == "page"
+    for other in ((seeds.full_recipe(page), seeds.RANGE_TEST), (seeds.full_recipe(page), 0.2),
+                  (seeds.full_recipe({**page, "label_smoothing": 0.2}), 0.4),
+                  (seeds.full_recipe({**page, "epochs": 12}), 0.4)):
+        assert seeds.recipe_name(other) is None
+    course = asdict(Recipe(**RECIPES["course"]["values"]))
+    assert seeds.recipe_name((seeds.full_recipe(course), seeds.RANGE_TEST)) == "course"
+    runs = [fake_run(tmp_path / f"s{k}", k, acc, acc + 0.003, recipe=page, max_lr=0.4)
+            for k, acc in enumerate([0.9412, 0.9430, 0.9406])]
+    lines = seeds.compare_lines([("this release's recipe (`page`)", seeds.summarize(runs))])
+    assert lines[2].startswith("| this release's recipe (`page`) | SGD Nesterov 0.9, L2 0.0005, linear schedule")
+    assert lines[-1].startswith("`page` as its author measured it: 94.00 % mean over 50 runs")
+    assert lines[-1].endswith("here 94.16 % +- 0.12 over 3 seeds, +0.16 points from it.")
