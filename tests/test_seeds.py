@@ -218,8 +218,13 @@ def test_the_screen_table_sets_each_option_against_page_of_its_length(tmp_path):
 def test_a_recipe_with_a_published_figure_is_set_beside_it(tmp_path):
     """"Recipes compared": the `page` record beside Page's own published mean (s10.seeds.REFERENCES), with the
     difference in points; a recipe with no published figure gets no such line."""
+    from dataclasses import asdict
+
+    from s10.module import RECIPES, Recipe
+
     acc, runs, _ = seeds.REFERENCES["page"]
-    page = seeds.summarize([fake_run(tmp_path / "p", 0, 0.9371, 0.9402, max_lr=0.4)])
+    values = asdict(Recipe(**RECIPES["page"]["values"]))
+    page = seeds.summarize([fake_run(tmp_path / "p", 0, 0.9371, 0.9402, recipe=values, max_lr=0.4)])
     course = seeds.summarize([fake_run(tmp_path / "c", 0, 0.9367, 0.9435, label_smoothing=0.1)])
     lines = seeds.compare_lines([("course", course), ("page", page)])
     said = [line for line in lines if "as its author measured it" in line]
