@@ -179,7 +179,7 @@ def render(run: Path, relative_to: Path | None = None, examples: Path | None = E
     if spread:
         from s10 import seeds
 
-        lines += ["", f"### The recipe over {spread['runs']} seeds", "",
+        lines += ["", f"### The recipe over {spread['runs']} seed{'s' if spread['runs'] > 1 else ''}", "",
                   f"The same recipe and precision with seeds {seeds.seed_list(spread)} "
                   f"(records in [`seeds/`]({img('seeds')}); trained on {'; '.join(spread['hardware'])}):", "",
                   *seeds.lines(spread), "", seeds.aim_line(spread)]
