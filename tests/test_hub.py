@@ -53,8 +53,10 @@ def test_every_file_the_model_card_links_is_uploaded(smoke_run, tmp_path, which)
 
 
 def test_the_uploaded_folder_carries_the_detector_its_config_names(tmp_path):
-    """The release's push folder holds the out-of-distribution statistics its config.json points to, and a model and
-    detector loaded from that folder alone warn for noise and not for a CIFAR-10 example."""
+    """The release's push folder holds the out-of-distribution detector its config.json names (with its statistics
+    file, for a detector that has one: Detector.load refuses a missing one), and a model and detector loaded from
+    that folder alone warn for most of 20 generated pictures of none of the ten classes (4 of each kind of
+    bench/ood.py, another seed than its own) and not for a CIFAR-10 example."""
     import json
 
     from s10.inference import load_image, to_input
@@ -65,12 +67,16 @@ def test_the_uploaded_folder_carries_the_detector_its_config_names(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     entry = json.loads((out / "config.json").read_text())["ood"]
-    assert entry.get("file") and (out / entry["file"]).is_file()
+    assert entry["score"] and (not entry.get("file") or (out / entry["file"]).is_file())
     model, detector = S10Net.from_pretrained(out), Detector.load(entry, out)
-    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ood as ood_bench
+
+    odd = [im for kind in ood_bench.build_set(4, seed=3).values() for im in kind]
     cat = load_image(ROOT / "space" / "examples" / "cat.png")
-    x = torch.cat([to_input(im, model.config.mean, model.config.std) for im in (noise, cat)])
-    assert detector.fires(*features_and_logits(model, x), model.config.temperature).tolist() == [True, False]
+    x = torch.cat([to_input(im, model.config.mean, model.config.std) for im in (*odd, cat)])
+    fires = detector.fires(*features_and_logits(model, x), model.config.temperature).tolist()
+    assert sum(fires[:-1]) >= len(odd) / 2 and not fires[-1], fires
 
 
 def test_every_file_the_space_readme_links_is_in_the_bundle(tmp_path):
