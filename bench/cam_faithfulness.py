@@ -141,7 +141,7 @@ def main() -> None:
             choice={"method": choice["method"], "layer": choice["layer"]} if choice else None)
         args.rule_only.write_text(json.dumps(stored, indent=1) + "\n")
         print(f"offered: {', '.join(stored['offered'])}; default: {stored['choice']}")
-        return
+        return exit_if_the_app_disagrees(stored["offered"], stored["choice"])
     torch.manual_seed(0)
     model = freeze(S10Net.from_pretrained(args.model))
     layers = model.config.cam_layers
@@ -217,6 +217,28 @@ def main() -> None:
             "scorecam_ms": {k: round(v, 1) for k, v in score_ms.items()}, "offered": offered,
             "choice": {"method": choice["method"], "layer": choice["layer"]} if choice else None}, indent=1) + "\n")
         print(f"wrote {args.json}")
+    exit_if_the_app_disagrees(offered, {"method": choice["method"], "layer": choice["layer"]} if choice else None)
+
+
+def exit_if_the_app_disagrees(offered: list[str], choice: dict | None) -> None:
+    message = app_disagrees(offered, choice)
+    if message:
+        sys.exit(f"bench/cam_faithfulness.py: {message}")
+
+
+def app_disagrees(offered: list[str], choice: dict | None) -> str | None:
+    """What s10/cam.py (the page's methods and default) must change to follow this rule's pick, or None if it
+    does: `make release-record` stops there, before the screenshots, rather than ship a default the rule rejects."""
+    from s10 import cam
+
+    if choice is None:
+        return ("no method and layer qualify under the rule: the app's default cannot follow it; look at the rows "
+                "(the latency is measured on this machine: was it busy?)")
+    if list(cam.OFFERED) == offered and (cam.DEFAULT_METHOD, cam.DEFAULT_LAYER) == (choice["method"], choice["layer"]):
+        return None
+    return (f"s10/cam.py does not follow the benchmark: set OFFERED = {tuple(offered)}, DEFAULT_METHOD = "
+            f"{choice['method']!r}, DEFAULT_LAYER = {choice['layer']!r} (it has {cam.OFFERED}, "
+            f"{cam.DEFAULT_METHOD!r}, {cam.DEFAULT_LAYER!r})")
 
 
 if __name__ == "__main__":

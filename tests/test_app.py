@@ -248,6 +248,22 @@ def test_the_page_offers_what_the_benchmark_chose():
     assert {r["method"] for r in bench["rows"]} == set(cam.MEASURED)
 
 
+def test_the_benchmark_stops_a_release_whose_page_would_not_follow_it():
+    """bench/cam_faithfulness.py exits non-zero when s10/cam.py does not offer what its rule picked, naming the
+    values to set (so `make release-record` stops before the screenshots of a new model), or when nothing
+    qualifies; with the committed measurements it agrees."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import cam_faithfulness
+
+    bench = json.loads((ROOT / "bench" / "results" / "cam_faithfulness.json").read_text())
+    assert cam_faithfulness.app_disagrees(bench["offered"], bench["choice"]) is None
+    said = cam_faithfulness.app_disagrees(["GradCAM"], {"method": "GradCAM", "layer": "layer2"})
+    assert "OFFERED = ('GradCAM',)" in said and "DEFAULT_LAYER = 'layer2'" in said
+    assert "no method and layer qualify" in cam_faithfulness.app_disagrees([], None)
+
+
 @pytest.mark.parametrize("layer", S10Net().config.cam_layers)
 @pytest.mark.parametrize("method", list(CAM_METHODS))
 def test_maps_equal_torchcams_own_on_the_whole_graph(model, method, layer):
