@@ -150,7 +150,6 @@ def reliability(calibration: dict, path: str | Path) -> None:
     _save(fig, path)
 
 
-
 def main(argv=None) -> int:
     import argparse
     import sys
