@@ -127,7 +127,7 @@ def test_a_run_with_the_weight_average_resumes_to_the_uninterrupted_end(tiny_dat
     (["--ghost-batch", "5"], "--ghost-batch must divide the batch size"),
     (["--floor-epochs", "20"], "--floor-epochs must end after the peak"),
     (["--logit-scale", "0"], "--logit-scale must be positive"),
-    (["--recipe", "adam"], "argument --recipe: invalid choice"),
+    (["--recipe", "airbench"], "argument --recipe: invalid choice"),
     (["--recipe", "page", "--find-lr", "--max-lr", "0.1"], "not allowed with argument"),
     (["--ema-decay", "1"], "--ema-decay must lie in [0, 1)"),
     (["--ema-every", "0"], "--ema-every must be at least 1"),
@@ -190,6 +190,24 @@ def test_the_course_recipe_is_reproduced_by_its_name_and_its_documented_flags():
     if summary.is_file():  # once the seeds are recorded: they ran the default recipe
         recorded = json.loads(summary.read_text())["recipe"]
         assert seeds.full_recipe(recorded) == seeds.full_recipe(dataclasses.asdict(Recipe()))
+
+
+def test_the_adam_recipe_is_the_one_the_release_seeds_ran():
+    """`--recipe adam` gives exactly the recipe of release/seeds (every seed's record), but for the seed, with the
+    range test finding the peak LR as it did for them."""
+    import fabric_train
+    from s10 import seeds
+    from s10.record import new_recipe
+    from tests.conftest import ROOT
+
+    args = fabric_train.parse_args(["--data", "x", "--out", "y", "--recipe", "adam"])
+    assert args.find_lr
+    mine = seeds.full_recipe(dataclasses.asdict(new_recipe(args)))
+    records = sorted((ROOT / "release" / "seeds").glob("seed*/config.json"))
+    assert len(records) == 3
+    for record in records:
+        config = json.loads(record.read_text())
+        assert config["args"]["find_lr"] and seeds.full_recipe(config["recipe"]) == mine, record
 
 
 def test_a_record_from_before_the_options_resumes_as_it_ran():
