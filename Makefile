@@ -47,11 +47,12 @@ test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm and not slow and not browser" -n $(WORKERS) --dist loadgroup
 
 # RECIPE=course|adam|page|tricks: a named recipe (docs/training.md: Recipes), which says where its peak LR comes from; without
-# one, the default recipe with the LR range test. FLAGS="...": single flags over it (--holdout 5000, --compile, ...).
+# one, the default recipe (page's values). FLAGS="...": single flags over it (--holdout 5000, --compile, ...).
 RECIPE ?=
 FLAGS ?=
-# The peak LR: the LR range test for the default recipe; a named recipe's own; LR="--max-lr 2.3e-3" to give one.
-LR ?= $(if $(RECIPE),,--find-lr)
+# The peak LR: the default recipe's given 0.4 (for batch 512) or a named recipe's own; LR=--find-lr for the LR range
+# test, LR="--max-lr 0.2" to give one.
+LR ?=
 TRAIN_FLAGS = $(if $(RECIPE),--recipe $(RECIPE)) $(LR) $(FLAGS)
 train: install data
 	$(PY) fabric_train.py --data $(DATA) --out $(RUN) $(TRAIN_FLAGS)

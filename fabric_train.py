@@ -1,7 +1,7 @@
 """Train the S10 net on CIFAR-10 with the S10 recipe: a LightningModule run by a minimal Fabric loop.
 
-    python fabric_train.py --data .data/cifar10 --out runs/s10 --find-lr             # one device (GPU if any)
-    python fabric_train.py --data .data/cifar10 --out runs/s10 --find-lr --resume    # continue a killed run
+    python fabric_train.py --data .data/cifar10 --out runs/s10              # one device (GPU if any)
+    python fabric_train.py --data .data/cifar10 --out runs/s10 --resume     # continue a killed run
     python fabric_train.py --accelerator cpu --devices 2 --data ... --out ...        # 2 processes (DDP, gloo)
     fabric run --accelerator cuda --devices 4 fabric_train.py --data ... --out ...   # 4 GPUs
     fabric run --num-nodes 2 --node-rank R --main-address HOST ... fabric_train.py ...   # 2 nodes
@@ -205,7 +205,7 @@ def setup_model(run: Run) -> None:
 
 
 def setup_optimizer(run: Run) -> None:
-    """Adam and the One Cycle schedule, from the recipe as it stands (its peak LR found by now)."""
+    """The recipe's optimiser and LR schedule, from the recipe as it stands (its peak LR found by now)."""
     opt_config = run.module.configure_optimizers()
     run.optimizer = run.fabric.setup_optimizers(opt_config["optimizer"])
     run.scheduler = opt_config["lr_scheduler"]["scheduler"]
@@ -276,8 +276,8 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
 
 
 def train_step(run: Run, batch, i: int) -> tuple[dict, float]:
-    """One optimizer step: training_step under the precision's autocast, backward, Adam, One Cycle; (its outputs,
-    the LR it used, a Python float: no device read)."""
+    """One optimizer step: training_step under the precision's autocast, backward, the optimiser's and the LR
+    schedule's step; (its outputs, the LR it used, a Python float: no device read)."""
     with run.fabric.autocast():
         step = run.model.training_step(batch, i)
     run.optimizer.zero_grad(set_to_none=True)

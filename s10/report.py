@@ -323,9 +323,10 @@ def recipes_table() -> str:
     lines = ["| value | " + " | ".join(f"`--recipe {n}`" for n in names) + " | no `--recipe` (the defaults) |",
              "|---|" + "---|" * (len(names) + 1)]
     lines.append("| peak LR from | " + " | ".join("the LR range test" if RECIPES[n]["find_lr"] else "given"
-                                                  for n in names) + " | `--find-lr`, or the given `--max-lr` |")
+                                                  for n in names) + " | given, or the LR range test with `--find-lr` |")
     for k in shown:
         cells = [shown_value(RECIPES[n]["values"][k]) if k in RECIPES[n]["values"] else
+                 "the range test's" if k == "max_lr" and RECIPES[n]["find_lr"] else
                  f"{shown_value(default[k])} (default)" for n in names]
         lines.append(f"| `--{k.replace('_', '-')}` | " + " | ".join(cells) + f" | {shown_value(default[k])} |")
     return "\n".join(lines) + "\n"

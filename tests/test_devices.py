@@ -174,12 +174,13 @@ class HostSyncs(TorchFunctionMode):
         self.calls.append(f"{what} at " + " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in where))
 
 
-def in_process_run(tiny_data, tmp_path, precision: str, plugins=None):
+def in_process_run(tiny_data, tmp_path, precision: str, plugins=None, flags: tuple = ()):
     """The trainer's phases up to fit, in this process, on one CPU device (no bar, no checkpoint)."""
     from lightning.fabric import Fabric
 
     args = fabric_train.parse_args(["--data", str(tiny_data), "--out", str(tmp_path / "run"), "--smoke",
-                                    "--batch-size", "8", "--epochs", "3", "--no-progress-bar", "--no-checkpoint"])
+                                    "--batch-size", "8", "--epochs", "3", "--no-progress-bar", "--no-checkpoint",
+                                    *flags])
     fabric = Fabric(accelerator="cpu", devices=1, **({"plugins": plugins} if plugins else {"precision": precision}))
     run = fabric_train.Run(fabric, args, fabric_train.new_recipe(args), code={})
     fabric_train.load_data(run)
@@ -188,19 +189,22 @@ def in_process_run(tiny_data, tmp_path, precision: str, plugins=None):
     return run
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
-def test_the_steps_never_wait_for_the_device(tiny_data, tmp_path, precision):
+@pytest.mark.parametrize("precision, recipe", [("32-true", None), ("bf16-mixed", None), ("16-mixed", None),
+                                              ("bf16-mixed", "course"), ("16-mixed", "course")])
+def test_the_steps_never_wait_for_the_device(tiny_data, tmp_path, precision, recipe):
     """A whole training epoch (augmentation, training_step, backward, optimizer and scheduler steps, the metrics)
     and the per-epoch test pass, after a first epoch has created the optimizer's state: no call that would sync a
-    GPU. 16-mixed: Fabric's plugin with its gradient scaler (tests.conftest.scaled_plugin)."""
+    GPU, with the default recipe's SGD and the course's fused Adam. 16-mixed: Fabric's plugin with its gradient
+    scaler (tests.conftest.scaled_plugin), which hands fused Adam its scale and inf flag."""
     plugins = [scaled_plugin()] if precision == "16-mixed" else None
-    run = in_process_run(tiny_data, tmp_path, precision, plugins)
+    run = in_process_run(tiny_data, tmp_path, precision, plugins, ("--recipe", recipe) if recipe else ())
     fabric_train.train_epoch(run, 1)
     with HostSyncs() as syncs:
         fabric_train.train_epoch(run, 2)
         fabric_train.validate(run)
     assert syncs.calls == [], "\n".join(syncs.calls)
-    assert run.optimizer.state_dict()["state"][0]["step"] > 3  # the second epoch's steps ran (16-mixed may skip one)
+    assert type(run.optimizer.optimizer).__name__ == ("Adam" if recipe else "SGD")
+    assert run.scheduler.last_epoch == 2 * run.module.steps_per_epoch  # every step of both epochs stepped it
 
 
 def test_the_sync_check_sees_what_the_old_step_did():

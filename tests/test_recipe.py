@@ -43,7 +43,8 @@ def test_the_weight_average_equals_a_hand_computed_one():
 def test_decoupled_decay_skips_batch_norm_parameters_and_biases():
     """AdamW's groups: every convolution and linear weight decays, no batch-norm weight or bias and no linear bias
     does. One step with zero gradients moves a decayed weight by lr x decay of itself and leaves the others."""
-    module = S10Module(recipe=Recipe(optimizer="adamw", weight_decay=0.5, max_lr=1.0, div_factor=10.0))
+    module = S10Module(recipe=Recipe(optimizer="adamw", schedule="one_cycle", weight_decay=0.5, max_lr=1.0,
+                                     div_factor=10.0))
     decayed, kept = module.param_groups()
     assert (decayed["weight_decay"], kept["weight_decay"]) == (0.5, 0.0)
     names = {id(p): n for n, p in module.named_parameters()}
@@ -179,7 +180,8 @@ def test_the_course_recipe_is_reproduced_by_its_name_and_its_documented_flags():
     from tests.conftest import ROOT
 
     text = (ROOT / "docs" / "training.md").read_text()
-    flags = re.search(r"\*\*The course's recipe\*\*: `([^`]+)`", text).group(1).split()
+    flags = re.search(r"\*\*The course's recipe\*\*: `--recipe course`, or as single flags `([^`]+)`",
+                      text).group(1).split()
     course = json.loads((ROOT / "release" / "recipes" / "course" / "seed0" / "config.json").read_text())["recipe"]
     for argv in (flags, ["--recipe", "course"]):
         args = fabric_train.parse_args(["--data", "x", "--out", "y", *argv])
@@ -192,9 +194,9 @@ def test_the_course_recipe_is_reproduced_by_its_name_and_its_documented_flags():
         assert seeds.full_recipe(recorded) == seeds.full_recipe(dataclasses.asdict(Recipe()))
 
 
-def test_the_adam_recipe_is_the_one_the_release_seeds_ran():
-    """`--recipe adam` gives exactly the recipe of release/seeds (every seed's record), but for the seed, with the
-    range test finding the peak LR as it did for them."""
+def test_the_adam_recipe_is_the_one_its_seeds_ran():
+    """`--recipe adam` gives exactly the recipe of the earlier default's three seeds (every record in
+    release/recipes/adam), but for the seed, with the range test finding the peak LR as it did for them."""
     import fabric_train
     from s10 import seeds
     from s10.record import new_recipe
@@ -203,7 +205,7 @@ def test_the_adam_recipe_is_the_one_the_release_seeds_ran():
     args = fabric_train.parse_args(["--data", "x", "--out", "y", "--recipe", "adam"])
     assert args.find_lr
     mine = seeds.full_recipe(dataclasses.asdict(new_recipe(args)))
-    records = sorted((ROOT / "release" / "seeds").glob("seed*/config.json"))
+    records = sorted((ROOT / "release" / "recipes" / "adam").glob("seed*/config.json"))
     assert len(records) == 3
     for record in records:
         config = json.loads(record.read_text())
@@ -263,6 +265,8 @@ def test_the_page_recipe_is_pages_baseline_and_single_flags_override_it():
     changed = new_recipe(fabric_train.parse_args(["--data", "x", "--out", "y", "--recipe", "page",
                                                   "--label-smoothing", "0.2"]))
     assert changed == dataclasses.replace(r, label_smoothing=0.2)
+    default = fabric_train.parse_args(["--data", "x", "--out", "y"])  # the default recipe is page's
+    assert new_recipe(default) == r and not default.find_lr
 
 
 def test_a_named_recipe_sets_every_value_so_that_none_follows_the_defaults():
@@ -341,7 +345,7 @@ def test_the_logit_scale_is_in_the_loss_only():
     without it."""
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    plain = S10Module(recipe=Recipe(label_smoothing=0.0)).eval()
+    plain = S10Module(recipe=Recipe(label_smoothing=0.0, logit_scale=1.0)).eval()
     scaled = S10Module(recipe=Recipe(label_smoothing=0.0, logit_scale=0.125)).eval()
     scaled.load_state_dict(plain.state_dict())
     logits = plain(x)

@@ -299,10 +299,10 @@ def test_report_sets_the_release_beside_the_earlier_recipes(finished_run, tmp_pa
                     f"{100 * results['test_acc']:.2f} % | {100 * results['test_acc_tta']:.2f} % |"]
 
 
-def test_lr_schedule_peaks_at_epoch_5_of_24():
+def test_one_cycle_peaks_at_epoch_5_of_24():
     from s10.module import S10Module
 
-    module = S10Module(recipe=Recipe(max_lr=2e-3), steps_per_epoch=10)
+    module = S10Module(recipe=Recipe(max_lr=2e-3, schedule="one_cycle"), steps_per_epoch=10)
     schedule = module.lr_schedule()
     assert len(schedule) == 240 and max(schedule) == pytest.approx(2e-3)
     assert schedule.index(max(schedule)) in (49, 50)  # 5/24 of 240 steps

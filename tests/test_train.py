@@ -45,8 +45,9 @@ def test_smoke_run_writes_the_run_folder(tiny_data, tmp_path, capfd):
     import fabric_train
 
     run = tmp_path / "run"
-    proc = ok(run_train("--data", tiny_data, "--out", run, "--smoke", "--batch-size", 16, "--epochs", 2,
-                        "--ema-decay", 0, script=PROBE))  # the last epoch's network is what is published (see SMOKE)
+    proc = ok(run_train("--data", tiny_data, "--out", run, "--smoke", "--batch-size", 16, "--max-lr", 0.4 * 16 / 512,
+                        "--epochs", 2, "--ema-decay", 0, script=PROBE))  # the default's peak LR, scaled to the batch;
+    # the last epoch's network is what is published (see SMOKE)
     fast = fabric_train.hardware.cpu().fast_bf16
     assert json.loads((run / "config.json").read_text())["args"]["precision"] == ("bf16-mixed" if fast else "32-true")
     assert probe(run)["dtypes"]["training_step"] == ["bfloat16" if fast else "float32"]
@@ -55,15 +56,9 @@ def test_smoke_run_writes_the_run_folder(tiny_data, tmp_path, capfd):
     rows = metrics(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     last = {k: float(v) for k, v in rows[-1].items()}
-    # The LR of the run's last step: One Cycle computed here by torch alone (2 epochs of 48 // 16 = 3 steps).
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2.3e-3, total_steps=6, pct_start=5 / 24,
-                                                div_factor=100, final_div_factor=100, anneal_strategy="linear",
-                                                three_phase=False)
-    for _ in range(5):
-        opt.step()
-        sched.step()
-    assert last["lr"] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)
+    # The LR of the run's last step, by hand: 2 epochs of 48 // 16 = 3 steps; linear from 0 up to the peak at step
+    # 6 x 5/24 = 1.25, down to 0 at step 6, so step 5 is at 1 / 4.75 of the peak.
+    assert last["lr"] == pytest.approx(0.4 * 16 / 512 / 4.75, rel=1e-6)
     assert last["test_acc"] == pytest.approx(recount(run, tiny_data), abs=1e-6)
     assert round(48 * last["train_acc"]) == pytest.approx(48 * last["train_acc"], abs=1e-4)  # whole images
     assert 0 < last["train_loss"] < 5 and 0 < last["test_loss"] < 5  # ln(3) = 1.1 at chance
@@ -341,8 +336,8 @@ def test_two_epochs_on_2500_real_images_learn(tmp_path):
     updates of the weights' moving average would publish mostly the initial weights (warned), so this run publishes
     the network's."""
     run = tmp_path / "run"
-    train_here("--data", CIFAR, "--out", run, "--epochs", 2, "--batch-size", 64, "--train-limit", 2500,
-               "--test-limit", 500, "--no-progress-bar", "--no-checkpoint", "--ema-decay", 0)
+    train_here("--data", CIFAR, "--out", run, "--epochs", 2, "--batch-size", 64, "--max-lr", 0.4 * 64 / 512,
+               "--train-limit", 2500, "--test-limit", 500, "--no-progress-bar", "--no-checkpoint", "--ema-decay", 0)
     acc = float(metrics(run)[-1]["test_acc"])
     published = json.loads((run / "results.json").read_text())["test_acc"]
     assert acc >= 0.40 and published >= 0.40, (acc, published)
@@ -618,9 +613,10 @@ def test_a_corrupt_data_copy_on_node_1_stops_every_rank_with_one_line(tiny_data,
 @pytest.mark.xdist_group("two_processes")
 @pytest.mark.parametrize("devices", [1, 2])
 def test_the_losses_weight_every_image_alike(tiny_data, two_process_run, devices, tmp_path):
-    """metrics.csv's test_loss is the mean cross-entropy over the test images, recounted from the saved weights'
-    logits: 21 images in batches of 16 (1 process), or shards of 10 and 11 in batches of 8 (2 processes), so the
-    last batch is short and a mean of batch means would differ."""
+    """metrics.csv's test_loss is the mean cross-entropy over the test images (of the logits at the recipe's
+    scale, as the training loss reads them), recounted from the saved weights' logits: 21 images in batches of 16 (1
+    process), or shards of 10 and 11 in batches of 8 (2 processes), so the last batch is short and a mean of batch
+    means would differ."""
     import torch.nn.functional as F
 
     if devices == 1:
@@ -632,8 +628,9 @@ def test_the_losses_weight_every_image_alike(tiny_data, two_process_run, devices
     model = S10Net.from_pretrained(run / "model")
     test = load_dataset(str(tiny_data)).test
     logits = predict_logits(model, test.images, model.config.mean, model.config.std)
-    assert float(metrics(run)[-1]["test_loss"]) == pytest.approx(F.cross_entropy(logits, test.labels).item(),
-                                                                 abs=1e-5)
+    scale = json.loads((run / "config.json").read_text())["recipe"]["logit_scale"]
+    assert float(metrics(run)[-1]["test_loss"]) == pytest.approx(
+        F.cross_entropy(logits * scale, test.labels).item(), abs=1e-5)
 
 
 def test_a_16_mixed_run_resumes_with_its_gradient_scaler(tiny_data, tmp_path, monkeypatch):
