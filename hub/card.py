@@ -87,10 +87,7 @@ The most confident mistakes (all 100 are in `misclassified.safetensors` + `miscl
 ## References
 
 - Network and recipe: D. Page, [How to train your ResNet](https://myrtle.ai/learn/how-to-train-your-resnet/) (2018);
-  One Cycle and super-convergence: L. N. Smith and N. Topin, [arXiv:1708.07120](https://arxiv.org/abs/1708.07120);
-  the LR range test: L. N. Smith, [arXiv:1506.01186](https://arxiv.org/abs/1506.01186); Cutout: T. DeVries and
-  G. W. Taylor, [arXiv:1708.04552](https://arxiv.org/abs/1708.04552); label smoothing: C. Szegedy et al.,
-  [arXiv:1512.00567](https://arxiv.org/abs/1512.00567){{ recipe_references }}.
+  Cutout: T. DeVries and G. W. Taylor, [arXiv:1708.04552](https://arxiv.org/abs/1708.04552){{ recipe_references }}.
 - Calibration: C. Guo et al., On Calibration of Modern Neural Networks,
   [arXiv:1706.04599](https://arxiv.org/abs/1706.04599).
 - Class activation maps in the Space: Grad-CAM, R. R. Selvaraju et al.,
@@ -189,7 +186,7 @@ def build_card(run: Path, repo_id: str | None = None, settings: project.Settings
         github_repo="/".join(settings.github_url.rstrip("/").split("/")[-2:]), citation=citation(settings),
         recipe="\n".join(recipe_lines(config, results)), table="\n".join(results_table(results)),
         spread=spread_sentence(run, config["recipe"]["seed"]),
-        recipe_references=recipe_references(config["recipe"]),
+        recipe_references=recipe_references(config["recipe"], bool(config["args"].get("find_lr"))),
         per_class=", ".join(f"{c} {pct(a)}" for c, a in results["per_class_acc"].items()),
         ood="\n".join(ood_lines(json.loads((run / "model" / "config.json").read_text()).get("ood") or {},
                                  run / "model")),
@@ -210,9 +207,19 @@ def spread_sentence(run: Path, seed: int) -> str:
             "mean +- sd in percentage points.")
 
 
-def recipe_references(recipe: dict) -> str:
-    """The sources of the recipe options this run used (none for the course's recipe)."""
+def recipe_references(recipe: dict, find_lr: bool) -> str:
+    """The sources of the recipe options this run used, and only those (Page's network and his recipe, and Cutout,
+    every run uses)."""
     refs = []
+    if recipe.get("schedule", "one_cycle") == "one_cycle":  # a record from before the option ran One Cycle
+        refs.append("One Cycle and super-convergence: L. N. Smith and N. Topin, "
+                    "[arXiv:1708.07120](https://arxiv.org/abs/1708.07120)")
+    if find_lr:
+        refs.append("the LR range test: L. N. Smith, [arXiv:1506.01186](https://arxiv.org/abs/1506.01186)")
+    if recipe.get("label_smoothing"):
+        refs.append("label smoothing: C. Szegedy et al., [arXiv:1512.00567](https://arxiv.org/abs/1512.00567)")
+    if recipe.get("ghost_batch"):
+        refs.append("ghost batch norm: E. Hoffer et al., [arXiv:1705.08741](https://arxiv.org/abs/1705.08741)")
     if recipe.get("ema_decay"):
         refs.append("the moving average of the weights: D. Page, [bag of tricks]"
                     "(https://myrtle.ai/learn/how-to-train-your-resnet-8-bag-of-tricks/)")

@@ -368,9 +368,29 @@ def test_card_metadata_reads_back_as_the_hub_reads_it(tmp_path):
     result = meta["model-index"][0]["results"][0]["dataset"]
     assert (result["type"], result["config"], result["split"]) == ("uoft-cs/cifar10", "plain_text", "test")
     text = ModelCard.load(card_path).text
-    for paper in ("1708.04552", "1708.07120", "1512.00567", "1706.04599", "1610.02391", "1710.11063"):
+    for paper in ("1708.04552", "1706.04599", "1610.02391", "1710.11063"):
         assert f"https://arxiv.org/abs/{paper}" in text, paper
     assert "@software{" in text and "```bibtex" in text
+
+
+def test_the_card_cites_the_options_its_recipe_used_and_no_other():
+    """The model card's references follow the run's recipe: the course's cites One Cycle, the LR range test and
+    label smoothing; Page's (SGD, a linear schedule, a given LR, no smoothing) cites none of them."""
+    from hub.card import recipe_references
+    from s10.module import RECIPES
+
+    papers = {"One Cycle": "1708.07120", "range test": "1506.01186", "label smoothing": "1512.00567",
+              "alternating flip": "2404.00498", "ghost batch norm": "1705.08741"}
+    course = recipe_references(RECIPES["course"]["values"], find_lr=True)
+    page = recipe_references(RECIPES["page"]["values"], find_lr=False)
+    tricks = recipe_references(RECIPES["tricks"]["values"], find_lr=False)
+    cited = {name: {n for n, paper in papers.items() if paper in refs}
+             for name, refs in (("course", course), ("page", page), ("tricks", tricks))}
+    assert cited == {"course": {"One Cycle", "range test", "label smoothing"}, "page": set(),
+                     "tricks": {"label smoothing", "alternating flip", "ghost batch norm"}}
+    release = json.loads((RELEASE / "config.json").read_text())
+    assert recipe_references(release["recipe"], release["args"]["find_lr"]) in ModelCard.load(
+        RELEASE / "model" / "README.md").text
 
 
 def test_the_committed_card_is_what_the_release_renders(tmp_path):
