@@ -46,8 +46,9 @@ test: install browser data
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm and not slow and not browser" -n $(WORKERS) --dist loadgroup
 
-# RECIPE=course|adam|page|tricks: a named recipe (docs/training.md: Recipes), which says where its peak LR comes from; without
-# one, the default recipe with the LR range test. FLAGS="...": single flags over it (--holdout 5000, --compile, ...).
+# RECIPE=course|adam|page|tricks: a named recipe (docs/training.md: Recipes), which says where its peak LR comes
+# from; without one, the default recipe with the LR range test. FLAGS="...": single flags over it (--holdout 5000,
+# --compile, ...).
 RECIPE ?=
 FLAGS ?=
 # The peak LR: the LR range test for the default recipe; a named recipe's own; LR="--max-lr 2.3e-3" to give one.
