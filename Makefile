@@ -46,8 +46,9 @@ test: install browser data
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slurm and not slow and not browser" -n $(WORKERS) --dist loadgroup
 
-# RECIPE=course|adam|page|tricks: a named recipe (docs/training.md: Recipes), which says where its peak LR comes from; without
-# one, the default recipe (page's values). FLAGS="...": single flags over it (--holdout 5000, --compile, ...).
+# RECIPE=course|adam|page|tricks: a named recipe (docs/training.md: Recipes), which says where its peak LR comes
+# from; without one, the default recipe (page's values). FLAGS="...": single flags over it (--holdout 5000,
+# --compile, ...).
 RECIPE ?=
 FLAGS ?=
 # The peak LR: the default recipe's given 0.4 (for batch 512) or a named recipe's own; LR=--find-lr for the LR range
