@@ -170,8 +170,7 @@ def test_the_weight_average_only_observes_the_training(tiny_data, tmp_path, run_
 
 def test_the_course_recipe_is_reproduced_by_its_name_and_its_documented_flags():
     """`--recipe course`, and docs/training.md's flags for it, give exactly the recipe the course release ran (its
-    record in release/recipes/course), but for the seed and the found peak LR, with the LR range test on; the
-    defaults give the seeds' recipe."""
+    record in release/recipes/course), but for the seed and the found peak LR, with the LR range test on."""
     import re
 
     import fabric_train
@@ -188,10 +187,29 @@ def test_the_course_recipe_is_reproduced_by_its_name_and_its_documented_flags():
         assert seeds.full_recipe(dataclasses.asdict(new_recipe(args))) == seeds.full_recipe(course), argv
         assert args.find_lr, argv
     assert seeds.full_recipe(dataclasses.asdict(Recipe())) != seeds.full_recipe(course)
-    summary = ROOT / "release" / "seeds" / "summary.json"
-    if summary.is_file():  # once the seeds are recorded: they ran the default recipe
-        recorded = json.loads(summary.read_text())["recipe"]
-        assert seeds.full_recipe(recorded) == seeds.full_recipe(dataclasses.asdict(Recipe()))
+
+
+def test_the_default_recipe_is_the_one_the_held_out_screen_chose():
+    """What `make train` and `make seeds` run with no recipe named is the recipe the held-out screen chose
+    (release/screen, by `screen_gains`, never on the test set): the recorded recipe of its 24-epoch `page` row, with
+    the fields of every row the rule kept, and page's given peak LR (no range test)."""
+    import fabric_train
+    from s10 import seeds
+    from s10.record import new_recipe
+    from s10.report import screen_gains, screen_rows
+    from tests.conftest import ROOT
+
+    screen = ROOT / "release" / "screen"
+    rows, flags, _ = screen_rows(screen)
+    baseline = next(s for name, s in rows if not flags[name] and s["recipe"]["epochs"] == 24)
+    chosen = page = seeds.full_recipe(baseline["recipe"])
+    for name, (_, kept) in screen_gains(screen).items():
+        row = seeds.full_recipe(dict(rows)[name]["recipe"])
+        if kept and row["epochs"] == 24:
+            chosen = {**chosen, **{k: v for k, v in row.items() if v != page[k]}}
+    args = fabric_train.parse_args(["--data", "x", "--out", "y"])
+    assert seeds.full_recipe(dataclasses.asdict(new_recipe(args))) == chosen
+    assert (args.find_lr, new_recipe(args).max_lr) == (False, baseline["peak_lr"])
 
 
 def test_the_adam_recipe_is_the_one_its_seeds_ran():
