@@ -336,8 +336,10 @@ def test_two_epochs_on_2500_real_images_learn(tmp_path):
     updates of the weights' moving average would publish mostly the initial weights (warned), so this run publishes
     the network's."""
     run = tmp_path / "run"
-    train_here("--data", CIFAR, "--out", run, "--epochs", 2, "--batch-size", 64, "--max-lr", 0.4 * 64 / 512,
-               "--train-limit", 2500, "--test-limit", 500, "--no-progress-bar", "--no-checkpoint", "--ema-decay", 0)
+    # `adam` at its usual peak: in so few steps Adam learns more than the default's SGD, so the bound stays clear of
+    # the figure's noise on any machine.
+    train_here("--data", CIFAR, "--out", run, "--recipe", "adam", "--max-lr", 2.3e-3, "--epochs", 2, "--batch-size",
+               64, "--train-limit", 2500, "--test-limit", 500, "--no-progress-bar", "--no-checkpoint", "--ema-decay", 0)
     acc = float(metrics(run)[-1]["test_acc"])
     published = json.loads((run / "results.json").read_text())["test_acc"]
     assert acc >= 0.40 and published >= 0.40, (acc, published)
