@@ -132,8 +132,8 @@ PAGE = {**BASE, **dict(optimizer="sgd", max_lr=0.4, weight_decay=5e-4, schedule=
 RECIPES = {
     # The S10 assignment's: what a student hands in.
     "course": {"values": {**BASE, "label_smoothing": 0.1}, "find_lr": True},
-    # The default until page's seeds replaced it (release/recipes/adam): the course's with label smoothing 0.2 and
-    # alternating flip.
+    # The default until `page`, the held-out screen's choice, replaced it (its seeds: release/recipes/adam): the
+    # course's with label smoothing 0.2 and alternating flip.
     "adam": {"values": {**BASE, "label_smoothing": 0.2, "alternating_flip": True}, "find_lr": True},
     "page": {"values": PAGE, "find_lr": False},
     # `page` with the options of Page's bag of tricks that keep this network (the screen's bundle, docs/training.md):

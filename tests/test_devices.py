@@ -195,8 +195,8 @@ def test_the_steps_never_wait_for_the_device(tiny_data, tmp_path, precision, rec
     """A whole training epoch (augmentation, training_step, backward, optimizer and scheduler steps, the metrics)
     and the per-epoch test pass, after a first epoch has created the optimizer's state: no call that would sync a
     GPU, with the default recipe's SGD and the course's fused Adam, in the two mixed precisions a GPU trains in
-    (32-true is the same steps without autocast). 16-mixed: Fabric's plugin with its gradient
-    scaler (tests.conftest.scaled_plugin), which hands fused Adam its scale and inf flag."""
+    (32-true is the same steps without autocast). 16-mixed: Fabric's plugin with its gradient scaler
+    (tests.conftest.scaled_plugin), which hands fused Adam its scale and inf flag."""
     plugins = [scaled_plugin()] if precision == "16-mixed" else None
     run = in_process_run(tiny_data, tmp_path, precision, plugins, ("--recipe", recipe) if recipe else ())
     fabric_train.train_epoch(run, 1)
