@@ -208,8 +208,9 @@ def test_the_default_recipe_is_the_one_the_held_out_screen_chose():
         if kept and row["epochs"] == 24:
             chosen = {**chosen, **{k: v for k, v in row.items() if v != page[k]}}
     args = fabric_train.parse_args(["--data", "x", "--out", "y"])
-    assert seeds.full_recipe(dataclasses.asdict(new_recipe(args))) == chosen
-    assert (args.find_lr, new_recipe(args).max_lr) == (False, baseline["peak_lr"])
+    default = new_recipe(args)
+    assert seeds.full_recipe(dataclasses.asdict(default)) == chosen
+    assert (args.find_lr, default.max_lr) == (False, baseline["peak_lr"])
 
 
 def test_the_adam_recipe_is_the_one_its_seeds_ran():
