@@ -225,9 +225,10 @@ def test_the_prepared_gpu_check_passes_its_own_self_test(tiny_data, tmp_path):
     """`bench/gpu_check.py --script-check`, the GPU check's own run on the CPU on tiny data: every end-to-end item
     compares the published accuracy with `s10.evaluate` on the same test images and passes; the compile and the
     throughput items pass; the checks only CUDA can make (steps without host syncs; 16-mixed, which a CPU runs as
-    bf16-mixed, the item before it) are reported as such, not as failures. The compiled run is also the suite's
-    `--compile` smoke run: its weights keep the network's own names, and the accuracy it publishes is the recount of
-    those weights by `s10.evaluate` on the same images."""
+    bf16-mixed, the item before it) are reported as such, not as failures, and the eager item in the compile item's
+    precision (the CPU's own) is said to be the compile item's run, so both precisions run. The compiled run is also
+    the suite's `--compile` smoke run: its weights keep the network's own names, and the accuracy it publishes is the
+    recount of those weights by `s10.evaluate` on the same images."""
     report_path = tmp_path / "gpu-check.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--script-check", "--data",
                            str(tiny_data), "--json", str(report_path)], capture_output=True, text=True, cwd=ROOT,
@@ -237,10 +238,13 @@ def test_the_prepared_gpu_check_passes_its_own_self_test(tiny_data, tmp_path):
     assert checks["sync_free_steps"] == {**checks["sync_free_steps"], "ok": None, "cuda_only": True}
     assert checks["sync_free_steps"]["steps_checked"] > 0
     assert checks["end_to_end_16-mixed"] == {"ok": None, "cuda_only": True}  # on a CPU it is the bf16-mixed run
+    compiled = checks["compile"]["precision"]  # the CPU's own; its eager item is the compile item's run
+    assert checks[f"end_to_end_{compiled}"] == {"ok": None, "in": "compile"}
+    eager = next(p for p in ("32-true", "bf16-mixed") if p != compiled)
     for name, check in checks.items():
-        if name not in ("sync_free_steps", "end_to_end_16-mixed"):
+        if name not in ("sync_free_steps", "end_to_end_16-mixed", f"end_to_end_{compiled}"):
             assert check["ok"] is True, (name, check)
-    for name in ("end_to_end_32-true", "end_to_end_bf16-mixed", "compile"):
+    for name in (f"end_to_end_{eager}", "compile"):
         assert checks[name]["test_images"] == checks[name]["test_images_evaluated"] == 21, checks[name]
         assert checks[name]["weight_names_plain"] is True, checks[name]  # compiled: no "_orig_mod." prefixes
         assert checks[name]["test_acc_published"] == pytest.approx(checks[name]["test_acc_evaluate_cpu"], abs=1e-6)
