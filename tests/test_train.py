@@ -330,8 +330,8 @@ def test_cifar10_without_network_or_cache(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not CIFAR.is_dir(), reason="needs the offline CIFAR-10 copy: make data")
-def test_two_epochs_on_2500_real_images_learn(tmp_path):
-    """The network learns from real images (78 steps of 64 images: at least 40 % on 500 test images, chance is
+def test_two_epochs_on_1500_real_images_learn(tmp_path):
+    """The network learns from real images (94 steps of 32 images: at least 35 % on 500 test images, chance is
     10 %; the binomial sd of one figure there is about 2 points), and what is published is what it learnt: so few
     updates of the weights' moving average would publish mostly the initial weights (warned), so this run publishes
     the network's."""
@@ -339,10 +339,10 @@ def test_two_epochs_on_2500_real_images_learn(tmp_path):
     # `adam` at its usual peak: in so few steps Adam learns more than the default's SGD, so the bound stays clear of
     # the figure's noise on any machine.
     train_here("--data", CIFAR, "--out", run, "--recipe", "adam", "--max-lr", 2.3e-3, "--epochs", 2, "--batch-size",
-               64, "--train-limit", 2500, "--test-limit", 500, "--no-progress-bar", "--no-checkpoint", "--ema-decay", 0)
+               32, "--train-limit", 1500, "--test-limit", 500, "--no-progress-bar", "--no-checkpoint", "--ema-decay", 0)
     acc = float(metrics(run)[-1]["test_acc"])
     published = json.loads((run / "results.json").read_text())["test_acc"]
-    assert acc >= 0.40 and published >= 0.40, (acc, published)
+    assert acc >= 0.35 and published >= 0.35, (acc, published)
 
 
 # -- a run survives any kill ------------------------------------------------------------------------------------------
