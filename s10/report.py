@@ -57,6 +57,7 @@ def recipe_lines(config: dict, results: dict) -> list[str]:
         schedule = (f"One Cycle: start {r['max_lr'] / r['div_factor']:.2e}, peak {r['max_lr']:.2e} at {peak_at}, "
                     f"linear, two phases, end {r['max_lr'] / r['div_factor'] / r['final_div_factor']:.2e}")
     scale = f" on the logits x {r['logit_scale']:g}" if r.get("logit_scale", 1) != 1 else ""
+    smoothing = f" with label smoothing {r['label_smoothing']:g}" if r["label_smoothing"] else ", no label smoothing"
     name = config["args"].get("recipe")
     return [
         f"- Data: `{Path(data['source']).name}`: {data['train_images']:,} training images, {data['test_images']:,} "
@@ -64,7 +65,7 @@ def recipe_lines(config: dict, results: dict) -> list[str]:
                          else "."),
         (f"- Recipe `{name}` (docs/training.md: Recipes): " if name else "- ")
         + f"{r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}, batch {r['batch_size']}, {optimizer}, "
-        f"cross-entropy{scale} with label smoothing {r['label_smoothing']:g}; {schedule}; augmentation: reflect-pad "
+        f"cross-entropy{scale}{smoothing}; {schedule}; augmentation: reflect-pad "
         f"4 + random crop 32, horizontal flip, CutOut 8x8{extras}.",
         f"- Peak LR from the LR range test: {'yes' if config['args'].get('find_lr') else 'no (given)'}; "
         f"seed {r['seed']}.",

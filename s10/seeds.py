@@ -208,7 +208,7 @@ def brief(recipe: dict, lr: str | float = RANGE_TEST) -> str:
                                           if r["floor_epochs"] else ""))
     if r["logit_scale"] != 1:
         parts.append(f"logits x {r['logit_scale']:g} in the loss")
-    parts.append(f"label smoothing {r['label_smoothing']:g}")
+    parts.append(f"label smoothing {r['label_smoothing']:g}" if r["label_smoothing"] else "no label smoothing")
     if r["ghost_batch"]:
         parts.append(f"ghost batch norm of {r['ghost_batch']}")
     if r["freeze_bn_scale"]:

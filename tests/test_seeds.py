@@ -98,6 +98,8 @@ def test_a_record_from_before_a_recipe_field_existed_ran_as_its_default():
     assert seeds.brief({**old, "label_smoothing": 0.2, "ema_decay": 0.99, "alternating_flip": True}) == (
         "Adam, L2 0.0001, label smoothing 0.2, weight average 0.99 every 5 steps, alternating flip, "
         "peak LR from each seed's range test")
+    assert seeds.brief({**old, "label_smoothing": 0.0}) == ("Adam, L2 0.0001, no label smoothing, random flip, "
+                                                          "peak LR from each seed's range test")
 
 
 def test_the_aim_is_said_reached_only_at_its_mean_and_said_short_by_how_much(tmp_path):
