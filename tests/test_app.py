@@ -208,7 +208,7 @@ def test_default_maps_differ_by_class(model):
     """The page's default (for the top classes, one chosen class and the two-way gallery) draws a different map for a
     different class: over 60 seeded CIFAR-10 test images, the maps of the first and the second most likely class, and
     of the true and the predicted class of the misclassified pack, correlate at most the benchmark rule's bound on
-    average (bench/cam_faithfulness.py: the default measured about 0.1; GradCAM++ at layer2, the old default, 0.82)."""
+    average (bench/cam_faithfulness.py's `r 2nd` and `r last`, measured there on other images)."""
     import json
 
     from s10.cam import DEFAULT_LAYER, DEFAULT_METHOD
