@@ -26,12 +26,12 @@ from torchcam.utils import overlay_mask
 # the three classes whose scores lie nearest to it ("why A and not B"), on GradCAM.
 MEASURED = {"GradCAM": GradCAM, "GradCAM++": GradCAMpp, "XGradCAM": XGradCAM, "LayerCAM": LayerCAM,
             "FinerCAM": partial(FinerCAM, base_method=GradCAM)}
-# What the page offers, and its default: the benchmark's rule (docs/app.md has the table and the reasons). A method
-# whose map hardly changes with the class (GradCAM++, LayerCAM) cannot answer "why not a dog?".
-OFFERED = ("GradCAM", "XGradCAM", "FinerCAM")
+# What the page offers, and its default: the benchmark's rule on the released weights (docs/app.md has the table and
+# the reasons). A method whose map hardly changes with the class at every layer cannot answer "why not a dog?".
+OFFERED = ("GradCAM", "XGradCAM", "LayerCAM", "FinerCAM")
 CAM_METHODS = {name: MEASURED[name] for name in OFFERED}
-DEFAULT_METHOD = "GradCAM"
-DEFAULT_LAYER = "layer3"
+DEFAULT_METHOD = "XGradCAM"
+DEFAULT_LAYER = "layer2"
 SHOWN_SIZE = 224  # pixels: the side of every picture the app shows
 
 _hooked = threading.Lock()
