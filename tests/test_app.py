@@ -248,6 +248,26 @@ def test_the_page_offers_what_the_benchmark_chose():
     assert {r["method"] for r in bench["rows"]} == set(cam.MEASURED)
 
 
+def test_the_words_beside_the_page_name_its_default_and_methods():
+    """The Space's README (what a visitor reads beside the page) and docs/app.md name the method and layer the page
+    opens with and every method it offers: a release that moves them (s10/cam.py, set as the benchmark says) fails
+    here until the words follow."""
+    from s10 import cam
+
+    space = (ROOT / "space" / "README.md").read_text()
+    method = re.search(r"\*\*Method\*\*: (.*?)\n  - ", space, re.S).group(1)
+    layer = re.search(r"\*\*Layer\*\*: (.*?)\n  - ", space, re.S).group(1)
+    def names(text):  # the method names a text says, as whole words ("GradCAM" is not found in "XGradCAM")
+        return {name for name in cam.MEASURED if re.search(rf"(?<![\w+]){re.escape(name)}(?![\w+])", text)}
+
+    assert f"{cam.DEFAULT_METHOD} (the default)" in method and set(cam.OFFERED) <= names(method)
+    assert re.search(rf"`{re.escape(cam.DEFAULT_LAYER)}` \([^)]*the default\)", layer), layer
+    docs = (ROOT / "docs" / "app.md").read_text()
+    method = re.search(r"\*\*Method\*\*: (.*?)\n- ", docs, re.S).group(1)
+    assert set(cam.OFFERED) <= names(method), method
+    assert f"The default, {cam.DEFAULT_METHOD} at `{cam.DEFAULT_LAYER}`," in docs
+
+
 def test_the_benchmark_stops_a_release_whose_page_would_not_follow_it():
     """bench/cam_faithfulness.py exits non-zero when s10/cam.py does not offer what its rule picked, naming the
     values to set (so `make release-record` stops before the screenshots of a new model), or when nothing
