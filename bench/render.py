@@ -181,6 +181,13 @@ def train_precision_by_cpu(r: dict) -> list[str]:
     return lines
 
 
+# What each out-of-distribution score measures (s10/ood.py's MEASURES says it to the page's visitors).
+MEASURES = {"msp": "the model's top calibrated probability", "energy": "how strongly the model answers at all (the "
+            "energy of its logits: low for every class alike)", "mahalanobis": "how far a picture's penultimate "
+            "features lie from the nearest class's training features", "knn": "how far a picture's penultimate "
+            "features lie from the nearest training pictures'"}
+
+
 def ood(r: dict) -> list[str]:
     kinds, held = r["kinds"], r["held_out"]
     names = {"msp": "max softmax (the low-confidence hint)", "energy": "energy", "mahalanobis": "Mahalanobis",
@@ -194,8 +201,9 @@ def ood(r: dict) -> list[str]:
 
     reference = r.get("reference", "CIFAR-10 test images")
     lines = [f"`python bench/ood.py --data .data/cifar10 --json bench/results/ood.json` ({r['date']}; the released "
-             f"weights; {r['machine']}; torch {r['torch']}). Scores fitted on the {r['train_images']:,} training "
-             f"images' features, measured against the {r['test_images']:,} {reference}: AUROC / FPR95 (the share "
+             f"weights; {r['machine']}; torch {r['torch']}). Max softmax and energy read the logits (at the model's "
+             f"temperature); Mahalanobis and k-NN are fitted on the {r['train_images']:,} training images' "
+             f"penultimate features. All are measured against the {r['test_images']:,} {reference}: AUROC / FPR95 (the share "
              f"of pictures let through at the threshold that keeps {100 * r['keep']:.0f} % of those test images). "
              f"Each generated picture is drawn at {r['drawn']}x{r['drawn']} and shrunk to 32x32 the way an upload "
              f"is; *{held}* is held out (no choice was made on it).", "",
@@ -210,9 +218,9 @@ def ood(r: dict) -> list[str]:
         lines.append("| " + " | ".join(line) + " |")
     lines += ["", f"Shipped: **{names.get(r['choice']['score'], r['choice']['score'])}**, the best mean AUROC over "
               f"the generated kinds among scores whose statistics stay under {r['ship_limit_mb']:g} MB; threshold "
-              f"{r['choice']['threshold']:.4g}. What it measures is how far a picture's features lie from the "
-              "training pictures', not what the picture shows: it fires on photos of the ten classes too when they "
-              "are unlike CIFAR-10's. How often it fires on "
+              f"{r['choice']['threshold']:.4g}. What it measures is {MEASURES[r['choice']['score'].split('-')[0]]}, "
+              "not what the picture shows: it fires on photos of the ten classes too when they are unlike "
+              "CIFAR-10's. How often it fires on "
               f"{r['upload_images']:,} CIFAR-10 test images sent the way an upload may reach the network:", "",
               f"| CIFAR-10 test images ({r['upload_images']:,} each) | fires |", "|---|---:|"]
     lines += [f"| {name} | {100 * share:.1f} % |" for name, share in r["uploads"].items()]

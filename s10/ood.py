@@ -24,6 +24,17 @@ from pathlib import Path
 import torch
 
 SCORES = ("msp", "energy", "mahalanobis", "knn")
+# What a detector that fires has measured, score by score, in the words the page shows a visitor: the threshold is
+# the score that `share` % of the CIFAR-10 test images stay under (bench/ood.py).
+MEASURES = {
+    "msp": "The model's top calibrated probability for it is lower than for {share:.0f} % of the CIFAR-10 test images.",
+    "energy": "The model's evidence for the ten classes together (the energy of its logits) is weaker than for "
+              "{share:.0f} % of the CIFAR-10 test images.",
+    "mahalanobis": "Its features lie farther from the nearest class's training features than those of {share:.0f} % "
+                   "of the CIFAR-10 test images do.",
+    "knn": "Its features lie farther from those of the nearest CIFAR-10 training images than the features of "
+           "{share:.0f} % of the CIFAR-10 test images do.",
+}
 STATS_FILE = "ood.safetensors"
 KNN_K = 10
 
@@ -90,6 +101,10 @@ class Detector:
 
     def fires(self, features: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
         return self.scores(features, logits, temperature) > self.threshold
+
+    def measures(self) -> str:
+        """What it measured when it fires, for the page: the score in words, against the test images it keeps."""
+        return MEASURES[self.kind].format(share=100 * self.measured.get("keeps", 0.95))
 
     def config(self) -> dict:
         """What config.json's `ood` holds."""

@@ -276,10 +276,8 @@ def unlike_the_ten(fires: bool) -> str:
     """The page's warning for a picture the detector calls none of the ten, or "" ."""
     if not fires:
         return ""
-    keeps = 100 * DETECTOR.measured.get("keeps", 0.95)
-    return ("**This picture is unlike the pictures the model was trained on.** Its features lie farther from those "
-            f"of the CIFAR-10 training images than the features of {keeps:.0f} % of the CIFAR-10 test images do. It "
-            "may show none of the ten classes: treat the classes above with caution.")
+    return (f"**This picture is unlike the pictures the model was trained on.** {DETECTOR.measures()} It may show "
+            "none of the ten classes: treat the classes above with caution.")
 
 
 def predict(image, k: int = 3) -> dict[str, float]:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from s10.model import S10Net
-from s10.ood import SCORES, Detector, features_and_logits, fit_gaussian, score
+from s10.ood import MEASURES, SCORES, Detector, features_and_logits, fit_gaussian, score
 from tests.conftest import RELEASED, ROOT
 from tests.test_app import EXAMPLES
 
@@ -107,11 +107,27 @@ def test_the_page_and_the_api_warn_for_a_picture_of_none_of_the_ten(released_ser
             _, _, _, note = client.predict(handle_file(str(tmp_path / name)), 3, maps, 3, "layer3", 0.5, "GradCAM",
                                            "top classes", api_name="/explain")
             warned[name, maps] = WARNING in note
+            said = note
     assert all(warned.values()), warned
+    shipped = json.loads((RELEASED / "config.json").read_text())["ood"]
+    assert MEASURES[shipped["score"]].format(share=100 * shipped["keeps"]) in said, said  # what it measured, in words
     for path in EXAMPLES:
         _, _, _, note = client.predict(handle_file(str(path)), 3, False, 3, "layer3", 0.5, "GradCAM", "top classes",
                                        api_name="/explain")
         assert WARNING not in note, path.name
+
+
+def test_the_warning_says_what_its_score_reads():
+    """Each score's words on the page name what it reads: the logit scores (top probability, energy) say nothing of
+    features or training images, the feature scores say features; the share is the threshold's."""
+
+
+    assert set(MEASURES) == set(SCORES)
+    for kind in ("msp", "energy"):
+        said = Detector(kind, 0.0, measured={"keeps": 0.9}).measures()
+        assert "features" not in said and "training" not in said and "90 %" in said, said
+    for kind in ("mahalanobis", "knn"):
+        assert "features" in Detector(kind, 0.0).measures() and "95 %" in Detector(kind, 0.0).measures()
 
 
 def test_a_broken_detector_file_is_said_on_the_page_not_a_crash(tmp_path):
