@@ -203,9 +203,9 @@ def ood(r: dict) -> list[str]:
     lines = [f"`python bench/ood.py --data .data/cifar10 --json bench/results/ood.json` ({r['date']}; the released "
              f"weights; {r['machine']}; torch {r['torch']}). Max softmax and energy read the logits (at the model's "
              f"temperature); Mahalanobis and k-NN are fitted on the {r['train_images']:,} training images' "
-             f"penultimate features. All are measured against the {r['test_images']:,} {reference}: AUROC / FPR95 (the share "
-             f"of pictures let through at the threshold that keeps {100 * r['keep']:.0f} % of those test images). "
-             f"Each generated picture is drawn at {r['drawn']}x{r['drawn']} and shrunk to 32x32 the way an upload "
+             f"penultimate features. All are measured against the {r['test_images']:,} {reference}: AUROC / "
+             f"FPR95 (the share of pictures let through at the threshold that keeps {100 * r['keep']:.0f} % of those "
+             f"test images). Each generated picture is drawn at {r['drawn']}x{r['drawn']} and shrunk to 32x32 the way an upload "
              f"is; *{held}* is held out (no choice was made on it).", "",
              "| score | " + " | ".join(header(k) for k in kinds)
              + " | mean AUROC, generated kinds | statistics |", "|---|" + "---:|" * (len(kinds) + 2)]

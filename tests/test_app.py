@@ -254,12 +254,12 @@ def test_the_words_beside_the_page_name_its_default_and_methods():
     here until the words follow."""
     from s10 import cam
 
-    space = (ROOT / "space" / "README.md").read_text()
-    method = re.search(r"\*\*Method\*\*: (.*?)\n  - ", space, re.S).group(1)
-    layer = re.search(r"\*\*Layer\*\*: (.*?)\n  - ", space, re.S).group(1)
     def names(text):  # the method names a text says, as whole words ("GradCAM" is not found in "XGradCAM")
         return {name for name in cam.MEASURED if re.search(rf"(?<![\w+]){re.escape(name)}(?![\w+])", text)}
 
+    space = (ROOT / "space" / "README.md").read_text()
+    method = re.search(r"\*\*Method\*\*: (.*?)\n  - ", space, re.S).group(1)
+    layer = re.search(r"\*\*Layer\*\*: (.*?)\n  - ", space, re.S).group(1)
     assert f"{cam.DEFAULT_METHOD} (the default)" in method and set(cam.OFFERED) <= names(method)
     assert re.search(rf"`{re.escape(cam.DEFAULT_LAYER)}` \([^)]*the default\)", layer), layer
     docs = (ROOT / "docs" / "app.md").read_text()

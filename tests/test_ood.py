@@ -120,8 +120,6 @@ def test_the_page_and_the_api_warn_for_a_picture_of_none_of_the_ten(released_ser
 def test_the_warning_says_what_its_score_reads():
     """Each score's words on the page name what it reads: the logit scores (top probability, energy) say nothing of
     features or training images, the feature scores say features; the share is the threshold's."""
-
-
     assert set(MEASURES) == set(SCORES)
     for kind in ("msp", "energy"):
         said = Detector(kind, 0.0, measured={"keeps": 0.9}).measures()
