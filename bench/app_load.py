@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from s10 import hardware  # noqa: E402
+from s10.cam import DEFAULT_LAYER, DEFAULT_METHOD  # noqa: E402  (what the page opens with)
 
 EXAMPLES = sorted((ROOT / "space" / "examples").glob("*.png"))
 KINDS = ["predict", "explain", "explain+maps", "gallery"]
@@ -102,8 +103,8 @@ def request(client, kind: str, picture: str, options: dict | None = None):
     """One request of `kind`, as the page's API takes it; every returned picture is decoded."""
     from gradio_client import handle_file
 
-    o = {"k": 3, "n_cams": 3, "layer": "layer3", "opacity": 0.5, "method": "GradCAM", "target": "top classes",
-         "count": 10, **(options or {})}
+    o = {"k": 3, "n_cams": 3, "layer": DEFAULT_LAYER, "opacity": 0.5, "method": DEFAULT_METHOD,
+         "target": "top classes", "count": 10, **(options or {})}
     if kind == "predict":
         result = client.predict(handle_file(picture), o["k"], api_name="/predict")
     elif kind in ("explain", "explain+maps"):
@@ -219,7 +220,8 @@ def main() -> None:
     import torch
 
     out = {"machine": hardware.cpu().describe(), "torch": torch.__version__, "gradio": gradio.__version__,
-           "date": time.strftime("%Y-%m-%d"), "seconds": args.seconds, "runs": {}}
+           "date": time.strftime("%Y-%m-%d"), "seconds": args.seconds,
+           "maps": {"method": DEFAULT_METHOD, "layer": DEFAULT_LAYER}, "runs": {}}
     print(f"{out['machine']}; torch {out['torch']}, gradio {out['gradio']}; {args.seconds:g} s per run")
     for name, script in (("noop", ROOT / "bench" / "noop_app.py"), ("app", ROOT / "space" / "app.py")):
         server = Server(script, args.model)

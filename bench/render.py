@@ -40,7 +40,8 @@ def app_load(r: dict) -> list[str]:
     noop = {(x["users"], x["kind"]): x for x in r["runs"]["noop"]}
     lines = [f"`python bench/app_load.py --json bench/results/app_load.json` ({r['date']}; {r['machine']}; torch "
              f"{r['torch']}, gradio {r['gradio']}; the clients run on the same 2 cores as the server; "
-             f"{r['seconds']:g} s per row):", "",
+             f"{r['seconds']:g} s per row" + (f"; maps: {r['maps']['method']} at `{r['maps']['layer']}`, the page's "
+                                              "default" if "maps" in r else "") + "):", "",
              "| users | request | app req/s | app p50 | app p95 | no-op req/s | no-op p50 | app / no-op | errors "
              "(app / no-op) |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for a in r["runs"]["app"]:
