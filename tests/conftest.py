@@ -18,6 +18,9 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 # run down (bench/parallel_runs.py measures it). A value already set is kept.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // WORKERS)))
+# The same share for torch.compile's pool of compile workers (inductor's default: one per core), which would take the
+# other workers' cores while a compiled test compiles.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", os.environ["OMP_NUM_THREADS"])
 if "torch" in sys.modules:  # a plugin imported it before this file: set the running process's own pool too
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
